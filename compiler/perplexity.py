@@ -1,0 +1,56 @@
+"""Perplexity over non-overlapping windows, for any backend that maps ids to logits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from smoothrot.compiler.config import EvalConfig
+from smoothrot.compiler.errors import SmoothrotError
+
+__all__ = ["PerplexityResult", "perplexity", "windows"]
+
+LogitsFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    ppl: float
+    nll: float  # mean negative log-likelihood per predicted token, nats
+    tokens: int  # predicted tokens (windows × (seq − 1))
+    windows: int
+    seq: int
+
+
+def windows(token_ids: Sequence[int], config: EvalConfig) -> np.ndarray:
+    """``[windows, seq]`` non-overlapping windows from the start of ``token_ids``."""
+    need = config.seq * config.windows
+    if len(token_ids) < need:
+        raise SmoothrotError(
+            f"text too short: {len(token_ids)} tokens, need {need} "
+            f"({config.windows} windows x {config.seq})"
+        )
+    return np.asarray(token_ids[:need], dtype=np.int64).reshape(config.windows, config.seq)
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def perplexity(
+    logits_fn: LogitsFn, token_ids: Sequence[int], config: EvalConfig, progress: bool = True
+) -> PerplexityResult:
+    """exp(mean NLL) of each next token inside each window (the window's first token is context)."""
+    batches = windows(token_ids, config)
+    total = 0.0
+    for row in tqdm(batches, desc="perplexity", unit="window", disable=not progress):
+        logp = _log_softmax(logits_fn(row[None, :])[0, :-1])
+        total -= float(logp[np.arange(config.seq - 1), row[1:]].sum())
+    count = config.windows * (config.seq - 1)
+    nll = total / count
+    return PerplexityResult(float(np.exp(nll)), nll, count, config.windows, config.seq)

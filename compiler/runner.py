@@ -1,0 +1,75 @@
+"""ONNX Runtime runner for a smoothrot model directory: one step with KV cache, greedy decode."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from smoothrot.compiler.config import DType
+from smoothrot.compiler.manifest import Manifest, load_manifest
+
+__all__ = ["OrtDecoder", "load_tokenizer"]
+
+
+class OrtDecoder:
+    """Runs the exported decoder graph on the CPU. ``past`` is the flat list of K/V arrays."""
+
+    def __init__(self, directory: str | Path, threads: int = 0) -> None:
+        self.directory = Path(directory)
+        self.manifest: Manifest = load_manifest(self.directory)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(
+            str(self.directory / self.manifest.model_file),
+            options,
+            providers=["CPUExecutionProvider"],
+        )
+        self.dtype = DType(self.manifest.dtype).numpy
+
+    def empty_cache(self, batch: int = 1) -> list[np.ndarray]:
+        d = self.manifest.dims
+        shape = (batch, d.kv_heads, 0, d.head_dim)
+        return [np.zeros(shape, self.dtype) for _ in self.manifest.past_names]
+
+    def forward(
+        self, input_ids: np.ndarray, past: list[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Logits ``[B,S,V]`` (fp32) and the present cache for ``input_ids [B,S]``."""
+        input_ids = np.asarray(input_ids, dtype=np.int64)
+        batch, seq = input_ids.shape
+        past = self.empty_cache(batch) if past is None else past
+        start = past[0].shape[2]
+        feeds: dict[str, np.ndarray] = {
+            "input_ids": input_ids,
+            "attention_mask": np.ones((batch, start + seq), np.int64),
+            "position_ids": np.broadcast_to(np.arange(start, start + seq), (batch, seq)).copy(),
+        }
+        feeds.update(zip(self.manifest.past_names, past, strict=True))
+        logits, *present = self.session.run(None, feeds)
+        return logits.astype(np.float32, copy=False), present
+
+    def generate(
+        self, prompt_ids: Sequence[int], max_new_tokens: int, eos_ids: Sequence[int] = ()
+    ) -> list[int]:
+        """Greedy decoding with the KV cache; stops after an EOS token (which is returned)."""
+        logits, past = self.forward(np.array([prompt_ids]))
+        out: list[int] = []
+        for _ in range(max_new_tokens):
+            token = int(np.argmax(logits[0, -1]))
+            out.append(token)
+            if token in eos_ids:
+                break
+            logits, past = self.forward(np.array([[token]]), past)
+        return out
+
+
+def load_tokenizer(directory: str | Path):  # noqa: ANN201 - a transformers tokenizer
+    """The tokenizer saved next to the model by ``export``."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(directory))

@@ -1,0 +1,1 @@
+"""smoothrot.passes: graph passes on onnx_ir models, one pass per module."""

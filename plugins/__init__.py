@@ -1,0 +1,1 @@
+"""smoothrot.plugins: TensorRT plugins, their Triton kernels and numpy references."""

@@ -1,0 +1,110 @@
+"""Shared fixtures: the real default model (exported once per session) and tiny random models.
+
+Set ``SMOOTHROT_TEST_CACHE=/some/dir`` to keep the default model's export between runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from smoothrot.compiler.config import ExportConfig
+from smoothrot.compiler.export import export_model
+from smoothrot.compiler.manifest import MANIFEST_NAME
+from smoothrot.compiler.sources import load_torch_model, resolve_source
+
+TINY_ARCHITECTURES = ("llama", "mistral", "qwen2")
+
+
+@pytest.fixture(scope="session")
+def default_source():
+    return resolve_source(None)
+
+
+@pytest.fixture(scope="session")
+def default_torch(default_source):
+    """(model, tokenizer) of the packaged SmolLM2-135M-Instruct, fp32."""
+    return load_torch_model(default_source)
+
+
+@pytest.fixture(scope="session")
+def default_export(tmp_path_factory, default_source) -> Path:
+    """The default model exported to ONNX (fp32), shared by the whole test session."""
+    cache = os.environ.get("SMOOTHROT_TEST_CACHE")
+    root = Path(cache) if cache else tmp_path_factory.mktemp("default")
+    out = root / "smollm2-fp32"
+    if not (out / MANIFEST_NAME).is_file():
+        export_model(default_source, out, ExportConfig())
+    return out
+
+
+def _tiny_config(arch: str):
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    common = dict(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=49152,  # the default model's tokenizer is reused
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
+    if arch == "llama":
+        return LlamaConfig(**common)
+    if arch == "mistral":
+        return MistralConfig(**common, sliding_window=256)
+    if arch == "qwen2":
+        return Qwen2Config(**common)  # q/k/v carry biases
+    raise ValueError(arch)
+
+
+@pytest.fixture(scope="session")
+def default_tokenizer(default_torch):
+    return default_torch[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, default_tokenizer):
+    """Factory: a tiny random HF model directory of the given architecture (cached)."""
+    made: dict[str, Path] = {}
+
+    def make(arch: str) -> Path:
+        if arch not in made:
+            from transformers import AutoModelForCausalLM
+
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(_tiny_config(arch))
+            # Random init is near-zero; larger norms weights make the numerical checks bite.
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if "norm" in name:
+                        p.uniform_(0.5, 1.5)
+                    elif name.endswith("bias"):
+                        p.normal_(0, 0.1)
+            path = tmp_path_factory.mktemp(f"tiny-{arch}")
+            model.save_pretrained(path)
+            default_tokenizer.save_pretrained(path)
+            made[arch] = path
+        return made[arch]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory, tiny_model_dir):
+    """Factory: a tiny model exported to ONNX (cached per architecture)."""
+    made: dict[str, Path] = {}
+
+    def make(arch: str) -> Path:
+        if arch not in made:
+            out = tmp_path_factory.mktemp(f"tiny-{arch}-onnx") / "model"
+            export_model(resolve_source(tiny_model_dir(arch)), out, ExportConfig())
+            made[arch] = out
+        return made[arch]
+
+    return make

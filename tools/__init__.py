@@ -1,0 +1,1 @@
+"""smoothrot.tools: the `smoothrot` command line, benchmarks and report helpers."""

@@ -1,0 +1,139 @@
+"""The ``smoothrot`` command line: a thin layer over the Python API (no logic here).
+
+Every flag maps to one config field; user mistakes print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from smoothrot.compiler.errors import SmoothrotError
+
+__all__ = ["main"]
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="trace a HF model to one ONNX decoder graph with KV cache")
+    p.add_argument(
+        "--model", help="HF model directory or .gguf file (default: packaged SmolLM2-135M)"
+    )
+    p.add_argument("-o", "--output", required=True, type=Path, help="output directory")
+    p.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
+    p.add_argument("--opset", type=int, default=21)
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from smoothrot.compiler.config import DType, ExportConfig
+    from smoothrot.compiler.export import export_model
+    from smoothrot.compiler.sources import resolve_source
+
+    config = ExportConfig(dtype=DType(args.dtype), opset=args.opset)
+    manifest = export_model(resolve_source(args.model), args.output, config)
+    d = manifest.dims
+    print(
+        f"exported {manifest.architecture} ({d.layers} layers, hidden {d.hidden}, "
+        f"{manifest.dtype}, opset {manifest.opset}) to {args.output} "
+        f"in {manifest.stages[-1]['seconds']:.0f}s"
+    )
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="perplexity with ONNX Runtime (CPU)")
+    p.add_argument("model_dir", type=Path)
+    p.add_argument(
+        "--text", type=Path, help="UTF-8 text file (default: pydoc_data evaluation part)"
+    )
+    p.add_argument("--seq", type=int, default=512, help="window length in tokens")
+    p.add_argument("--windows", type=int, default=8, help="number of non-overlapping windows")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from smoothrot.compiler.config import EvalConfig
+    from smoothrot.compiler.evaluate import evaluate_dir
+
+    config = EvalConfig(seq=args.seq, windows=args.windows)
+    result = evaluate_dir(args.model_dir, config, args.text, progress=not args.json)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"perplexity {result['ppl']:.3f} over {result['tokens']} tokens "
+            f"({result['windows']} x {result['seq']}) of {result['text']}"
+        )
+    return 0
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="greedy decoding with the KV cache")
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.set_defaults(run=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from smoothrot.compiler.generate import generate_text
+
+    if args.max_new_tokens < 1:
+        raise SmoothrotError("--max-new-tokens must be >= 1")
+    print(generate_text(args.model_dir, args.prompt, args.max_new_tokens))
+    return 0
+
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="collect per-channel stats and Hessians at MatMul inputs")
+    p.add_argument("model_dir", type=Path)
+    p.add_argument(
+        "-o", "--output", type=Path, help="statistics directory (default: MODEL_DIR/calibration)"
+    )
+    p.add_argument("--tokens", type=int, default=8192, help="calibration tokens")
+    p.add_argument("--seq", type=int, default=512, help="tokens per calibration sequence")
+    p.add_argument(
+        "--text", type=Path, help="UTF-8 text file (default: pydoc_data calibration part)"
+    )
+    p.set_defaults(run=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from smoothrot.compiler.calibrate import CalibrationConfig, calibrate_dir
+
+    config = CalibrationConfig(tokens=args.tokens, seq=args.seq)
+    out = calibrate_dir(args.model_dir, config, args.output, args.text)
+    print(f"calibration statistics written to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smoothrot", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each stage")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_export, _add_eval, _add_generate, _add_calibrate):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(format="%(name)s: %(message)s")
+    logging.getLogger("smoothrot").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    try:
+        return args.run(args)
+    except ValueError as exc:  # SmoothrotError and config validation: the user's input
+        print(f"smoothrot: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("smoothrot: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
