@@ -29,6 +29,7 @@ from smoothrot.compiler.manifest import MODEL_FILE, Manifest, ModelDims
 from smoothrot.compiler.outdir import atomic_output_dir, check_output_dir
 from smoothrot.compiler.sources import ModelSource, load_torch_model
 from smoothrot.compiler.wrapper import FlatCacheDecoder, io_names
+from smoothrot.passes._graph import new_initializer
 
 __all__ = ["export_model", "model_dims", "save_model"]
 
@@ -97,10 +98,9 @@ def _fold_transposed_weights(model: ir.Model) -> int:
             or (perm is not None and tuple(perm) != (1, 0))
         ):
             continue
-        wt = ir.Value(
-            name=f"{w.name}.T", const_value=ir.tensor(np.ascontiguousarray(w.const_value.numpy().T))
+        wt = new_initializer(
+            model.graph, f"{w.name}.T", np.ascontiguousarray(w.const_value.numpy().T)
         )
-        model.graph.register_initializer(wt)
         node.replace_input_with(1, wt)
         folded += 1
     # Drop Transposes nobody reads any more.

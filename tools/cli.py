@@ -112,11 +112,47 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_compile(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compile", help="export (or take an export) and apply a recipe's passes")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", help="HF model directory or .gguf file (default: packaged model)")
+    src.add_argument("--onnx", type=Path, help="a directory written by `smoothrot export`")
+    p.add_argument("--recipe", required=True, choices=["fp-smooth", "fp-rotate", "fp-hybrid"])
+    p.add_argument("-o", "--output", required=True, type=Path, help="output directory")
+    p.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant migration strength")
+    p.add_argument("--calibration-tokens", type=int, default=4096)
+    p.add_argument("--seed", type=int, default=0, help="seed of any random rotation factor")
+    p.add_argument(
+        "--dump-after",
+        action="append",
+        default=[],
+        metavar="PASS",
+        help="also write the graph after this pass to DIR/dumps/PASS/",
+    )
+    p.set_defaults(run=_run_compile)
+
+
+def _run_compile(args: argparse.Namespace) -> int:
+    from smoothrot.compiler.pipeline import CompileConfig, Recipe, compile_model
+
+    config = CompileConfig(
+        recipe=Recipe(args.recipe),
+        alpha=args.alpha,
+        calibration_tokens=args.calibration_tokens,
+        seed=args.seed,
+        dump_after=tuple(args.dump_after),
+    )
+    report = compile_model(args.output, config, model=args.model, onnx_dir=args.onnx)
+    diff = report["exactness"]["max_abs_logit_diff"]
+    print(f"compiled {args.recipe} to {args.output}; max |logit diff| vs input model: {diff:.2e}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smoothrot", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log each stage")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_export, _add_eval, _add_generate, _add_calibrate):
+    for add in (_add_export, _add_compile, _add_eval, _add_generate, _add_calibrate):
         add(sub)
     return parser
 

@@ -1,0 +1,99 @@
+"""Small graph helpers shared by the passes (constants, producers, consumers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+ROTATION_MARK = "smoothrot.rotation"  # node metadata on every node of an online rotation
+
+__all__ = [
+    "ROTATION_MARK",
+    "unrotated",
+    "constant_array",
+    "consumers",
+    "is_constant",
+    "new_initializer",
+    "private_constant",
+    "producer_op",
+    "scalar_constant",
+    "set_constant",
+]
+
+
+def is_constant(value: ir.Value | None) -> bool:
+    return value is not None and value.const_value is not None
+
+
+def constant_array(value: ir.Value) -> np.ndarray:
+    assert value.const_value is not None, f"{value.name} is not a constant"
+    return value.const_value.numpy()
+
+
+def set_constant(value: ir.Value, array: np.ndarray) -> None:
+    """Replace an initializer's data, keeping its name and dtype."""
+    old = value.const_value
+    assert old is not None, f"{value.name} is not a constant"
+    dtype = old.numpy().dtype
+    value.const_value = ir.tensor(np.ascontiguousarray(array, dtype=dtype), name=value.name)
+
+
+def scalar_constant(value: ir.Value | None) -> float | None:
+    if not is_constant(value):
+        return None
+    arr = constant_array(value)  # type: ignore[arg-type]
+    return float(arr.reshape(-1)[0]) if arr.size == 1 else None
+
+
+def producer_op(value: ir.Value | None, op_type: str) -> ir.Node | None:
+    """The node producing ``value`` if it is an ``op_type`` node, else None."""
+    if value is None:
+        return None
+    node = value.producer()
+    return node if node is not None and node.op_type == op_type else None
+
+
+def consumers(value: ir.Value) -> list[ir.Node]:
+    return list(value.consumers())
+
+
+def new_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    """Register ``array`` as an initializer (with its type and shape) and return its value."""
+    tensor = ir.tensor(array, name=name)
+    value = ir.Value(
+        name=name, shape=tensor.shape, type=ir.TensorType(tensor.dtype), const_value=tensor
+    )
+    graph.register_initializer(value)
+    return value
+
+
+def private_constant(node: ir.Node, index: int) -> ir.Value:
+    """Make ``node.inputs[index]`` an initializer that only ``node`` reads, and return it.
+
+    The exporter deduplicates equal initializers, so two norms can share one γ; a pass that
+    rewrites a constant for one consumer must not silently rewrite it for the others.
+    """
+    value = node.inputs[index]
+    assert value is not None and value.const_value is not None and value.graph is not None
+    if len(value.uses()) == 1:
+        return value
+    graph = value.graph
+    base, n = f"{value.name}.{node.name or node.op_type}", 0
+    while f"{base}.{n}" in graph.initializers:
+        n += 1
+    copy = new_initializer(graph, f"{base}.{n}", constant_array(value).copy())
+    node.replace_input_with(index, copy)
+    return copy
+
+
+def unrotated(value: ir.Value) -> ir.Value:
+    """The value an online rotation was applied to, or ``value`` itself if none was."""
+    while (node := value.producer()) is not None and node.metadata_props.get(ROTATION_MARK):
+        source = (
+            node.inputs[0]
+            if node.op_type != "MatMul" or is_constant(node.inputs[1])
+            else node.inputs[1]
+        )
+        assert source is not None
+        value = source
+    return value

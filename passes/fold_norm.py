@@ -1,0 +1,39 @@
+"""Fold RMSNorm γ into the MatMuls the norm feeds: ``B := diag(γ) B``, ``γ := 1``.
+
+Exact: ``(x̂ ⊙ γ) B = x̂ (diag(γ) B)``. Needed before a fused residual rotation, which
+requires every norm to be a pure normalization. Handles every norm in the model map
+(attention, MLP, final); a bias after the MatMul is unaffected. Idempotent: a norm whose γ is
+already all ones is left alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from smoothrot.compiler.manifest import ModelDims
+from smoothrot.passes._graph import constant_array, private_constant, set_constant
+from smoothrot.passes.model_map import build_model_map
+
+__all__ = ["FoldNormGammaPass"]
+
+
+class FoldNormGammaPass(ir.passes.InPlacePass):
+    def __init__(self, dims: ModelDims) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        mm = build_model_map(model, self.dims).require()
+        modified = False
+        for norm, linears in mm.norm_consumers():
+            gamma = constant_array(norm.gamma)
+            if np.all(gamma == 1):
+                continue
+            for lin in linears:
+                w = private_constant(lin.node, 1)
+                set_constant(w, gamma.astype(np.float64)[:, None] * constant_array(w))
+            g = private_constant(norm.node, list(norm.node.inputs).index(norm.gamma))
+            set_constant(g, np.ones_like(gamma))
+            modified = True
+        return ir.passes.PassResult(model, modified=modified)

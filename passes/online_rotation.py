@@ -1,0 +1,102 @@
+"""Online rotation before chosen MatMul inputs: ``x := x R``, ``B := Rᵀ B`` (exact).
+
+``R = A ⊗ B`` (see ``hadamard.py``) is applied to ``x [..., n]`` as
+``Reshape [..., m, p] → MatMul(·, B) → MatMul(Aᵀ, ·) → Reshape [..., n]``, i.e.
+``O(n·(m + p))`` per token, never one dense ``n × n`` MatMul. MatMuls that share an input
+(q/k/v, gate/up) share one rotation. Sites: the norm-fed inputs (q/k/v, gate/up, lm_head), the
+o_proj input and the down_proj input. An input already produced by one of our rotations is
+left alone, so the pass is idempotent. Each inserted node carries the metadata
+``smoothrot.rotation = online`` and the rotation's factor sizes.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+import onnx_ir as ir
+
+from smoothrot.compiler.manifest import ModelDims
+from smoothrot.passes._graph import (
+    ROTATION_MARK,
+    constant_array,
+    new_initializer,
+    private_constant,
+    set_constant,
+)
+from smoothrot.passes.hadamard import rotation_factors
+from smoothrot.passes.model_map import Linear, build_model_map
+
+__all__ = ["OnlineRotationPass", "RotationSite", "ROTATION_MARK"]
+
+
+class RotationSite(enum.Enum):
+    QKV = "qkv"
+    O_PROJ = "o_proj"
+    GATE_UP = "gate_up"
+    DOWN_PROJ = "down_proj"
+    LM_HEAD = "lm_head"
+
+
+ALL_LAYER_SITES = frozenset(
+    {RotationSite.QKV, RotationSite.O_PROJ, RotationSite.GATE_UP, RotationSite.DOWN_PROJ}
+)
+
+
+def _rotate_input(graph: ir.Graph, linears: list[Linear], tag: str, seed: int) -> bool:
+    x = linears[0].input
+    producer = x.producer()
+    if producer is not None and producer.metadata_props.get(ROTATION_MARK) == "online":
+        return False
+    n = int(constant_array(linears[0].weight).shape[0])
+    f = rotation_factors(n, seed)
+    m, p = f.a.shape[0], f.b.shape[0]
+    dtype = constant_array(linears[0].weight).dtype
+    split = new_initializer(graph, f"{tag}.rot.split", np.array([0, 0, m, p], np.int64))
+    merge = new_initializer(graph, f"{tag}.rot.merge", np.array([0, 0, n], np.int64))
+    b = new_initializer(graph, f"{tag}.rot.b", f.b.astype(dtype))
+    at = new_initializer(graph, f"{tag}.rot.at", np.ascontiguousarray(f.a.T).astype(dtype))
+    r1 = ir.node("Reshape", [x, split], name=f"{tag}.rot.reshape_in")
+    r2 = ir.node("MatMul", [r1.outputs[0], b], name=f"{tag}.rot.matmul_b")
+    r3 = ir.node("MatMul", [at, r2.outputs[0]], name=f"{tag}.rot.matmul_a")
+    r4 = ir.node("Reshape", [r3.outputs[0], merge], name=f"{tag}.rot.reshape_out")
+    for node in (r1, r2, r3, r4):
+        node.metadata_props[ROTATION_MARK] = "online"
+        node.metadata_props[f"{ROTATION_MARK}.factors"] = (
+            f"{m}x{p}:{'hadamard' if f.hadamard else 'random'}"
+        )
+    r4.outputs[0].name = f"{tag}.rotated"
+    graph.insert_before(linears[0].node, [r1, r2, r3, r4])
+    rt = f.dense.T.astype(np.float64)
+    for lin in linears:
+        lin.node.replace_input_with(0, r4.outputs[0])
+        w = private_constant(lin.node, 1)
+        set_constant(w, rt @ constant_array(w).astype(np.float64))
+    return True
+
+
+class OnlineRotationPass(ir.passes.InPlacePass):
+    def __init__(
+        self, dims: ModelDims, sites: frozenset[RotationSite] = ALL_LAYER_SITES, seed: int = 0
+    ):
+        super().__init__()
+        self.dims, self.sites, self.seed = dims, sites, seed
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        mm = build_model_map(model, self.dims).require()
+        graph, modified = model.graph, False
+        groups: list[tuple[RotationSite, str, list[Linear]]] = []
+        for layer in mm.layers:
+            i = layer.index
+            groups += [
+                (RotationSite.QKV, f"layers.{i}.qkv", [layer.q, layer.k, layer.v]),
+                (RotationSite.O_PROJ, f"layers.{i}.o_proj", [layer.o]),
+                (RotationSite.GATE_UP, f"layers.{i}.gate_up", [layer.gate, layer.up]),
+                (RotationSite.DOWN_PROJ, f"layers.{i}.down_proj", [layer.down]),
+            ]
+        if mm.lm_head is not None:
+            groups.append((RotationSite.LM_HEAD, "lm_head", [mm.lm_head]))
+        for site, tag, linears in groups:
+            if site in self.sites:
+                modified |= _rotate_input(graph, linears, tag, self.seed)
+        return ir.passes.PassResult(model, modified=modified)

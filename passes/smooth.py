@@ -1,0 +1,138 @@
+"""SmoothQuant smoothing, folded so that it costs nothing at run time.
+
+Per input channel ``j`` of a MatMul input ``X``: ``s_j = max|X_j|^α / max|B_j,:|^(1-α)``
+(``B = Wᵀ``, row ``j`` is input channel ``j``), and ``X := X diag(1/s)``, ``B := diag(s) B``.
+Where the ``1/s`` goes:
+
+- **norm-fed** inputs (q/k/v, gate/up, optionally lm_head): ``γ := γ / s``; one ``s`` for all
+  MatMuls the norm feeds (the max of their rows);
+- **o_proj** input: into v_proj's output columns (and bias). Attention is linear in V, so o's
+  input channel ``h·D + d`` is v's channel ``g(h)·D + d`` for the KV head ``g(h)`` that query
+  head ``h`` reads: ``s`` is tied across the query heads of each GQA group;
+- **down_proj** input: into up_proj's output columns (SwiGLU is elementwise in the channel).
+
+``max|X_j|`` comes from calibration of the graph as it is *before* this pass. The pass marks
+the model (metadata ``smoothrot.smoothed``) and leaves a marked model unchanged, since applying
+the same statistics twice would be wrong.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from smoothrot.compiler.manifest import ModelDims
+from smoothrot.passes._graph import constant_array, private_constant, set_constant
+from smoothrot.passes.model_map import Linear, Norm, build_model_map
+
+__all__ = ["SmoothConfig", "SmoothPass", "SmoothSite", "smoothing_scales"]
+
+_MARK = "smoothrot.smoothed"
+AbsMax = Callable[[Linear], np.ndarray]  # per-channel max |x| at a Linear's input
+
+
+class SmoothSite(enum.Enum):
+    QKV = "qkv"
+    GATE_UP = "gate_up"
+    O_PROJ = "o_proj"
+    DOWN_PROJ = "down_proj"
+    LM_HEAD = "lm_head"
+
+
+DEFAULT_SITES = frozenset(
+    {SmoothSite.QKV, SmoothSite.GATE_UP, SmoothSite.O_PROJ, SmoothSite.DOWN_PROJ}
+)
+
+
+@dataclass(frozen=True)
+class SmoothConfig:
+    alpha: float = 0.5
+    sites: frozenset[SmoothSite] = DEFAULT_SITES
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if not all(isinstance(s, SmoothSite) for s in self.sites):
+            raise ValueError(f"sites must be SmoothSite members, got {self.sites!r}")
+
+
+def smoothing_scales(act_absmax: np.ndarray, weight_absmax: np.ndarray, alpha: float) -> np.ndarray:
+    """``s = a^α / w^(1-α)``; channels with no signal keep ``s = 1``."""
+    a = np.asarray(act_absmax, np.float64)
+    w = np.asarray(weight_absmax, np.float64)
+    s = np.ones_like(a)
+    ok = (a > 0) & (w > 0)
+    s[ok] = a[ok] ** alpha / w[ok] ** (1.0 - alpha)
+    return np.clip(s, 1e-5, 1e5)
+
+
+def _row_absmax(linears: list[Linear]) -> np.ndarray:
+    return np.max([np.abs(constant_array(lin.weight)).max(axis=1) for lin in linears], axis=0)
+
+
+def _scale_rows(lin: Linear, s: np.ndarray) -> None:
+    w = private_constant(lin.node, 1)
+    set_constant(w, s[:, None] * constant_array(w).astype(np.float64))
+
+
+def _scale_columns(lin: Linear, inv: np.ndarray) -> None:
+    w = private_constant(lin.node, 1)
+    set_constant(w, constant_array(w).astype(np.float64) * inv[None, :])
+    if lin.bias is not None and lin.bias_node is not None:
+        b = private_constant(lin.bias_node, list(lin.bias_node.inputs).index(lin.bias))
+        set_constant(b, constant_array(b).astype(np.float64) * inv)
+
+
+def _smooth_norm(norm: Norm, linears: list[Linear], absmax: np.ndarray, alpha: float) -> None:
+    s = smoothing_scales(absmax, _row_absmax(linears), alpha)
+    g = private_constant(norm.node, list(norm.node.inputs).index(norm.gamma))
+    set_constant(g, constant_array(g).astype(np.float64) / s)
+    for lin in linears:
+        _scale_rows(lin, s)
+
+
+def _gqa_scales(o: Linear, absmax: np.ndarray, dims: ModelDims, alpha: float) -> np.ndarray:
+    """``s`` for o's input channels, tied across the query heads that share a KV head."""
+    group, d = dims.heads // dims.kv_heads, dims.head_dim
+    a = absmax.reshape(dims.kv_heads, group, d).max(axis=1)
+    w = np.abs(constant_array(o.weight)).max(axis=1).reshape(dims.kv_heads, group, d).max(axis=1)
+    return smoothing_scales(a, w, alpha).reshape(-1)  # [kv_heads * D], v's output channels
+
+
+class SmoothPass(ir.passes.InPlacePass):
+    """Fold SmoothQuant scales into norms, v_proj and up_proj (see module docstring)."""
+
+    def __init__(self, dims: ModelDims, absmax: AbsMax, config: SmoothConfig = SmoothConfig()):
+        super().__init__()
+        self.dims, self.absmax, self.config = dims, absmax, config
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if model.metadata_props.get(_MARK) or not self.config.sites:
+            return ir.passes.PassResult(model, modified=False)
+        mm = build_model_map(model, self.dims).require()
+        sites, alpha = self.config.sites, self.config.alpha
+        for layer in mm.layers:
+            if SmoothSite.QKV in sites:
+                qkv = [layer.q, layer.k, layer.v]
+                _smooth_norm(layer.attn_norm, qkv, self.absmax(layer.q), alpha)
+            if SmoothSite.GATE_UP in sites:
+                mlp = [layer.gate, layer.up]
+                _smooth_norm(layer.mlp_norm, mlp, self.absmax(layer.gate), alpha)
+            if SmoothSite.O_PROJ in sites:
+                s_v = _gqa_scales(layer.o, self.absmax(layer.o), self.dims, alpha)
+                group = self.dims.heads // self.dims.kv_heads
+                s_o = np.repeat(s_v.reshape(self.dims.kv_heads, 1, -1), group, axis=1).reshape(-1)
+                _scale_columns(layer.v, 1.0 / s_v)
+                _scale_rows(layer.o, s_o)
+            if SmoothSite.DOWN_PROJ in sites:
+                s = smoothing_scales(self.absmax(layer.down), _row_absmax([layer.down]), alpha)
+                _scale_columns(layer.up, 1.0 / s)
+                _scale_rows(layer.down, s)
+        if SmoothSite.LM_HEAD in sites and mm.final_norm and mm.lm_head:
+            _smooth_norm(mm.final_norm, [mm.lm_head], self.absmax(mm.lm_head), alpha)
+        model.metadata_props[_MARK] = ",".join(sorted(s.value for s in sites))
+        return ir.passes.PassResult(model, modified=True)
