@@ -31,12 +31,14 @@ from smoothrot.compiler.runner import OrtDecoder, load_tokenizer
 from smoothrot.compiler.sources import resolve_source
 from smoothrot.passes.fold_norm import FoldNormGammaPass
 from smoothrot.passes.model_map import Linear
-from smoothrot.passes.online_rotation import OnlineRotationPass
+from smoothrot.passes.online_rotation import OnlineRotationPass, RotationSite
+from smoothrot.passes.residual_rotation import ResidualRotationPass
 from smoothrot.passes.smooth import SmoothConfig, SmoothPass
 
 __all__ = ["CompileConfig", "Recipe", "compile_model", "recipe_passes"]
 
 log = logging.getLogger("smoothrot.pipeline")
+DOWN_ONLY = frozenset({RotationSite.DOWN_PROJ})
 _COPIED = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -47,7 +49,7 @@ _COPIED = (
 
 class Recipe(enum.Enum):
     FP_SMOOTH = "fp-smooth"  # exact: SmoothQuant scales folded into norms / v_proj / up_proj
-    FP_ROTATE = "fp-rotate"  # exact: online Hadamard before every Linear input
+    FP_ROTATE = "fp-rotate"  # exact: fused residual (R1) + per-head (R2) + online at down_proj
     FP_HYBRID = "fp-hybrid"  # exact: smoothing first, rotation second, at the same inputs
 
     @property
@@ -74,12 +76,15 @@ def recipe_passes(config: CompileConfig, manifest: Manifest, absmax) -> list[tup
     dims = manifest.dims
     smooth = ("smooth", SmoothPass(dims, absmax, SmoothConfig(alpha=config.alpha)))
     rotate = ("online_rotation", OnlineRotationPass(dims, seed=config.seed))
-    fold = ("fold_norm_gamma", FoldNormGammaPass(dims))
     if config.recipe is Recipe.FP_SMOOTH:
         return [smooth]
     if config.recipe is Recipe.FP_ROTATE:
-        return [fold, rotate]
-    return [smooth, rotate]
+        return [
+            ("fold_norm_gamma", FoldNormGammaPass(dims)),
+            ("residual_rotation", ResidualRotationPass(dims, per_head=True, seed=config.seed)),
+            ("online_rotation", OnlineRotationPass(dims, DOWN_ONLY, seed=config.seed)),
+        ]
+    return [smooth, rotate]  # fp-hybrid: smoothing first, rotation second, same inputs
 
 
 def _absmax_lookup(calibration: Path, manifest: Manifest):

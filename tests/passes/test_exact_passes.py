@@ -14,8 +14,9 @@ from smoothrot.compiler.manifest import load_manifest
 from smoothrot.compiler.pipeline import CompileConfig, Recipe, _absmax_lookup, compile_model
 from smoothrot.compiler.runner import OrtDecoder
 from smoothrot.passes.fold_norm import FoldNormGammaPass
-from smoothrot.passes.model_map import build_model_map
+from smoothrot.passes.model_map import ModelMapError, build_model_map
 from smoothrot.passes.online_rotation import ROTATION_MARK, OnlineRotationPass
+from smoothrot.passes.residual_rotation import ResidualRotationPass
 from smoothrot.passes.smooth import SmoothConfig, SmoothPass
 from tests.conftest import TINY_ARCHITECTURES
 
@@ -124,3 +125,21 @@ def test_recipes_are_exact_on_the_default_model(default_export, tmp_path, recipe
         ref = evaluate_dir(default_export, EvalConfig(), progress=False)["ppl"]
         ours = evaluate_dir(out, EvalConfig(), progress=False)["ppl"]
         assert round(ours, 3) == round(ref, 3)
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
+def test_residual_rotation(tiny_export, tmp_path, arch):
+    src = tiny_export(arch)
+    dims = load_manifest(src).dims
+    ref = OrtDecoder(src).forward(IDS)[0]
+    rot = ResidualRotationPass(dims)
+    model, modified, ours = _apply(src, tmp_path, [FoldNormGammaPass(dims), rot, rot])
+    assert modified == [True, True, False]
+    assert not any(n.metadata_props.get(ROTATION_MARK) for n in model.graph)  # nothing inserted
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+
+
+def test_residual_rotation_refuses_unfolded_norms(tiny_export):
+    dims = load_manifest(tiny_export("llama")).dims
+    with pytest.raises(ModelMapError, match="needs folded norms"):
+        ResidualRotationPass(dims)(ir.load(tiny_export("llama") / "model.onnx"))

@@ -1,0 +1,81 @@
+"""Fused rotations (QuaRot R1 and R2): rotate the weights, insert nothing (exact, free at run time).
+
+**R1 (residual stream)**, with every norm's γ folded (γ = 1; refused otherwise, because an
+RMSNorm commutes with an orthogonal ``Q`` only without γ): the embedding table ``E := E Q``;
+every MatMul that reads the residual through a norm (q/k/v, gate/up, lm_head) ``B := Qᵀ B``;
+every MatMul that writes it (o_proj, down_proj) ``B := B Q`` (bias ``b := b Q``). The residual
+stream then carries ``h Q`` everywhere and ``rms(h Q) = rms(h)``. lm_head has its own weight
+after export, so it is untied from the embedding by construction.
+
+**R2 (per head, v → o)**: v_proj's output columns of each KV head ``B_v := B_v (I ⊗ H_D)``
+(and its bias); o_proj's input rows of each query head ``B_o := (I ⊗ H_Dᵀ) B_o``. Attention is
+linear in V per head, so the heads' outputs arrive rotated by the same ``H_D``.
+
+The model is marked (metadata ``smoothrot.residual_rotation``) and a marked model is left alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from smoothrot.compiler.manifest import ModelDims
+from smoothrot.passes._graph import constant_array, private_constant, set_constant
+from smoothrot.passes.hadamard import rotation_factors
+from smoothrot.passes.model_map import Linear, ModelMapError, build_model_map
+
+__all__ = ["ResidualRotationPass"]
+
+_MARK = "smoothrot.residual_rotation"
+
+
+def _update(lin: Linear, fn) -> None:
+    w = private_constant(lin.node, 1)
+    set_constant(w, fn(constant_array(w).astype(np.float64)))
+
+
+def _update_bias(lin: Linear, fn) -> None:
+    if lin.bias is not None and lin.bias_node is not None:
+        b = private_constant(lin.bias_node, list(lin.bias_node.inputs).index(lin.bias))
+        set_constant(b, fn(constant_array(b).astype(np.float64)))
+
+
+class ResidualRotationPass(ir.passes.InPlacePass):
+    def __init__(self, dims: ModelDims, per_head: bool = True, seed: int = 0) -> None:
+        super().__init__()
+        self.dims, self.per_head, self.seed = dims, per_head, seed
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if model.metadata_props.get(_MARK):
+            return ir.passes.PassResult(model, modified=False)
+        mm = build_model_map(model, self.dims).require()
+        unfolded = [
+            n.gamma.name for n, _ in mm.norm_consumers() if np.any(constant_array(n.gamma) != 1)
+        ]
+        if unfolded:
+            raise ModelMapError(f"residual rotation needs folded norms; γ != 1 in {unfolded[0]}")
+        if mm.embedding is None or mm.lm_head is None:
+            raise ModelMapError("residual rotation needs the embedding Gather and lm_head")
+        q = rotation_factors(self.dims.hidden, self.seed).dense
+        table = private_constant(mm.embedding, 0)
+        set_constant(table, constant_array(table).astype(np.float64) @ q)
+        for _, readers in mm.norm_consumers():
+            for lin in readers:
+                _update(lin, lambda w: q.T @ w)
+        for layer in mm.layers:
+            for writer in (layer.o, layer.down):
+                _update(writer, lambda w: w @ q)
+                _update_bias(writer, lambda b: b @ q)
+            if self.per_head:
+                self._rotate_heads(layer.v, layer.o)
+        model.metadata_props[_MARK] = "r1+r2" if self.per_head else "r1"
+        return ir.passes.PassResult(model, modified=True)
+
+    def _rotate_heads(self, v: Linear, o: Linear) -> None:
+        d = self.dims
+        h = rotation_factors(d.head_dim, self.seed).dense
+        v_rot = np.kron(np.eye(d.kv_heads), h)
+        o_rot = np.kron(np.eye(d.heads), h)
+        _update(v, lambda w: w @ v_rot)
+        _update_bias(v, lambda b: b @ v_rot)
+        _update(o, lambda w: o_rot.T @ w)
