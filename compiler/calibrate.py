@@ -35,9 +35,9 @@ from tqdm import tqdm
 from smoothrot.compiler.corpus import CorpusPart, corpus_part, text_digest
 from smoothrot.compiler.errors import SmoothrotError
 from smoothrot.compiler.evaluate import read_text
-from smoothrot.compiler.manifest import load_manifest
+from smoothrot.compiler.manifest import Manifest, load_manifest
 from smoothrot.compiler.outdir import atomic_output_dir, check_output_dir
-from smoothrot.compiler.runner import OrtDecoder, load_tokenizer
+from smoothrot.compiler.runner import empty_cache, load_tokenizer
 
 __all__ = [
     "CALIBRATION_DIR",
@@ -165,14 +165,12 @@ def calibrate_dir(
     if not inputs:
         raise SmoothrotError(f"{directory}: no MatMul with a constant weight to calibrate")
     names = list(inputs)
-    decoder = OrtDecoder(directory)
-    decoder.session = _session_with_outputs(directory, manifest.model_file, names)
-    out_names = [o.name for o in decoder.session.get_outputs()]
+    session = _session_with_outputs(directory, manifest.model_file, names)
+    out_names = [o.name for o in session.get_outputs()]
     acc: dict[str, _Accumulator] = {}
     t0 = time.perf_counter()
     for row in tqdm(seqs, desc="calibrate", unit="seq", disable=not progress):
-        feeds = _feeds(decoder, row)
-        values = dict(zip(out_names, decoder.session.run(None, feeds), strict=True))
+        values = dict(zip(out_names, session.run(None, _feeds(manifest, row)), strict=True))
         for name in names:
             x = values[name]
             if name not in acc:
@@ -190,14 +188,14 @@ def calibrate_dir(
     return output
 
 
-def _feeds(decoder: OrtDecoder, row: np.ndarray) -> dict[str, np.ndarray]:
+def _feeds(manifest: Manifest, row: np.ndarray) -> dict[str, np.ndarray]:
     seq = row.shape[0]
     feeds: dict[str, np.ndarray] = {
         "input_ids": row[None, :],
         "attention_mask": np.ones((1, seq), np.int64),
         "position_ids": np.arange(seq, dtype=np.int64)[None, :],
     }
-    feeds.update(zip(decoder.manifest.past_names, decoder.empty_cache(1), strict=True))
+    feeds.update(zip(manifest.past_names, empty_cache(manifest, 1), strict=True))
     return feeds
 
 

@@ -30,15 +30,15 @@ from smoothrot.compiler.outdir import atomic_output_dir, check_output_dir
 from smoothrot.compiler.runner import OrtDecoder, load_tokenizer
 from smoothrot.compiler.sources import resolve_source
 from smoothrot.passes.fold_norm import FoldNormGammaPass
-from smoothrot.passes.model_map import Linear
-from smoothrot.passes.online_rotation import OnlineRotationPass, RotationSite
+from smoothrot.passes.model_map import Linear, Site
+from smoothrot.passes.online_rotation import OnlineRotationPass
 from smoothrot.passes.residual_rotation import ResidualRotationPass
 from smoothrot.passes.smooth import SmoothConfig, SmoothPass
 
 __all__ = ["CompileConfig", "Recipe", "compile_model", "recipe_passes"]
 
 log = logging.getLogger("smoothrot.pipeline")
-DOWN_ONLY = frozenset({RotationSite.DOWN_PROJ})
+DOWN_ONLY = frozenset({Site.DOWN_PROJ})
 _COPIED = (
     "tokenizer.json",
     "tokenizer_config.json",

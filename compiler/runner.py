@@ -11,7 +11,13 @@ import onnxruntime as ort
 from smoothrot.compiler.config import DType
 from smoothrot.compiler.manifest import Manifest, load_manifest
 
-__all__ = ["OrtDecoder", "load_tokenizer"]
+__all__ = ["OrtDecoder", "empty_cache", "load_tokenizer"]
+
+
+def empty_cache(manifest: Manifest, batch: int = 1) -> list[np.ndarray]:
+    """A zero-length past for every layer (prefill)."""
+    d, dtype = manifest.dims, DType(manifest.dtype).numpy
+    return [np.zeros((batch, d.kv_heads, 0, d.head_dim), dtype) for _ in manifest.past_names]
 
 
 class OrtDecoder:
@@ -32,9 +38,7 @@ class OrtDecoder:
         self.dtype = DType(self.manifest.dtype).numpy
 
     def empty_cache(self, batch: int = 1) -> list[np.ndarray]:
-        d = self.manifest.dims
-        shape = (batch, d.kv_heads, 0, d.head_dim)
-        return [np.zeros(shape, self.dtype) for _ in self.manifest.past_names]
+        return empty_cache(self.manifest, batch)
 
     def forward(
         self, input_ids: np.ndarray, past: list[np.ndarray] | None = None

@@ -15,6 +15,7 @@ __all__ = [
     "is_constant",
     "new_initializer",
     "private_constant",
+    "transform_constant",
     "producer_op",
     "scalar_constant",
     "set_constant",
@@ -97,3 +98,9 @@ def unrotated(value: ir.Value) -> ir.Value:
         assert source is not None
         value = source
     return value
+
+
+def transform_constant(node: ir.Node, value: ir.Value, fn) -> None:
+    """Make ``value`` (an input of ``node``) private to it, then set it to ``fn(float64 data)``."""
+    own = private_constant(node, list(node.inputs).index(value))
+    set_constant(own, fn(constant_array(own).astype(np.float64)))

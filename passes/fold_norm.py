@@ -12,7 +12,7 @@ import numpy as np
 import onnx_ir as ir
 
 from smoothrot.compiler.manifest import ModelDims
-from smoothrot.passes._graph import constant_array, private_constant, set_constant
+from smoothrot.passes._graph import constant_array, transform_constant
 from smoothrot.passes.model_map import build_model_map
 
 __all__ = ["FoldNormGammaPass"]
@@ -31,9 +31,7 @@ class FoldNormGammaPass(ir.passes.InPlacePass):
             if np.all(gamma == 1):
                 continue
             for lin in linears:
-                w = private_constant(lin.node, 1)
-                set_constant(w, gamma.astype(np.float64)[:, None] * constant_array(w))
-            g = private_constant(norm.node, list(norm.node.inputs).index(norm.gamma))
-            set_constant(g, np.ones_like(gamma))
+                lin.transform_weight(lambda w, g=gamma: g.astype(np.float64)[:, None] * w)
+            transform_constant(norm.node, norm.gamma, np.ones_like)
             modified = True
         return ir.passes.PassResult(model, modified=modified)

@@ -22,6 +22,7 @@ them into a ``ModelMapError`` so the passes refuse instead of guessing.
 
 from __future__ import annotations
 
+import enum
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -33,10 +34,33 @@ from smoothrot.passes._graph import (
     is_constant,
     producer_op,
     scalar_constant,
+    transform_constant,
     unrotated,
 )
 
-__all__ = ["Linear", "Norm", "DecoderLayer", "ModelMap", "ModelMapError", "build_model_map"]
+__all__ = [
+    "LAYER_SITES",
+    "DecoderLayer",
+    "Linear",
+    "ModelMap",
+    "ModelMapError",
+    "Norm",
+    "Site",
+    "build_model_map",
+]
+
+
+class Site(enum.Enum):
+    """A MatMul input that smoothing or rotation can act on (shared by q/k/v and gate/up)."""
+
+    QKV = "qkv"
+    O_PROJ = "o_proj"
+    GATE_UP = "gate_up"
+    DOWN_PROJ = "down_proj"
+    LM_HEAD = "lm_head"
+
+
+LAYER_SITES = frozenset({Site.QKV, Site.O_PROJ, Site.GATE_UP, Site.DOWN_PROJ})
 
 
 class ModelMapError(ValueError):
@@ -77,6 +101,14 @@ class Linear:
     @property
     def name(self) -> str:
         return self.weight.name or "?"
+
+    def transform_weight(self, fn) -> None:
+        """``B := fn(B)`` (float64 in, stored in B's dtype), on a copy only this MatMul reads."""
+        transform_constant(self.node, self.weight, fn)
+
+    def transform_bias(self, fn) -> None:
+        if self.bias is not None and self.bias_node is not None:
+            transform_constant(self.bias_node, self.bias, fn)
 
 
 @dataclass(frozen=True)

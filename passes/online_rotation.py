@@ -11,8 +11,6 @@ left alone, so the pass is idempotent. Each inserted node carries the metadata
 
 from __future__ import annotations
 
-import enum
-
 import numpy as np
 import onnx_ir as ir
 
@@ -21,26 +19,11 @@ from smoothrot.passes._graph import (
     ROTATION_MARK,
     constant_array,
     new_initializer,
-    private_constant,
-    set_constant,
 )
 from smoothrot.passes.hadamard import rotation_factors
-from smoothrot.passes.model_map import Linear, build_model_map
+from smoothrot.passes.model_map import LAYER_SITES, Linear, Site, build_model_map
 
-__all__ = ["OnlineRotationPass", "RotationSite", "ROTATION_MARK"]
-
-
-class RotationSite(enum.Enum):
-    QKV = "qkv"
-    O_PROJ = "o_proj"
-    GATE_UP = "gate_up"
-    DOWN_PROJ = "down_proj"
-    LM_HEAD = "lm_head"
-
-
-ALL_LAYER_SITES = frozenset(
-    {RotationSite.QKV, RotationSite.O_PROJ, RotationSite.GATE_UP, RotationSite.DOWN_PROJ}
-)
+__all__ = ["OnlineRotationPass"]
 
 
 def _rotate_input(graph: ir.Graph, linears: list[Linear], tag: str, seed: int) -> bool:
@@ -70,32 +53,29 @@ def _rotate_input(graph: ir.Graph, linears: list[Linear], tag: str, seed: int) -
     rt = f.dense.T.astype(np.float64)
     for lin in linears:
         lin.node.replace_input_with(0, r4.outputs[0])
-        w = private_constant(lin.node, 1)
-        set_constant(w, rt @ constant_array(w).astype(np.float64))
+        lin.transform_weight(lambda w: rt @ w)
     return True
 
 
 class OnlineRotationPass(ir.passes.InPlacePass):
-    def __init__(
-        self, dims: ModelDims, sites: frozenset[RotationSite] = ALL_LAYER_SITES, seed: int = 0
-    ):
+    def __init__(self, dims: ModelDims, sites: frozenset[Site] = LAYER_SITES, seed: int = 0):
         super().__init__()
         self.dims, self.sites, self.seed = dims, sites, seed
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         mm = build_model_map(model, self.dims).require()
         graph, modified = model.graph, False
-        groups: list[tuple[RotationSite, str, list[Linear]]] = []
+        groups: list[tuple[Site, str, list[Linear]]] = []
         for layer in mm.layers:
             i = layer.index
             groups += [
-                (RotationSite.QKV, f"layers.{i}.qkv", [layer.q, layer.k, layer.v]),
-                (RotationSite.O_PROJ, f"layers.{i}.o_proj", [layer.o]),
-                (RotationSite.GATE_UP, f"layers.{i}.gate_up", [layer.gate, layer.up]),
-                (RotationSite.DOWN_PROJ, f"layers.{i}.down_proj", [layer.down]),
+                (Site.QKV, f"layers.{i}.qkv", [layer.q, layer.k, layer.v]),
+                (Site.O_PROJ, f"layers.{i}.o_proj", [layer.o]),
+                (Site.GATE_UP, f"layers.{i}.gate_up", [layer.gate, layer.up]),
+                (Site.DOWN_PROJ, f"layers.{i}.down_proj", [layer.down]),
             ]
         if mm.lm_head is not None:
-            groups.append((RotationSite.LM_HEAD, "lm_head", [mm.lm_head]))
+            groups.append((Site.LM_HEAD, "lm_head", [mm.lm_head]))
         for site, tag, linears in groups:
             if site in self.sites:
                 modified |= _rotate_input(graph, linears, tag, self.seed)

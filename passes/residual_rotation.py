@@ -20,24 +20,13 @@ import numpy as np
 import onnx_ir as ir
 
 from smoothrot.compiler.manifest import ModelDims
-from smoothrot.passes._graph import constant_array, private_constant, set_constant
+from smoothrot.passes._graph import constant_array, transform_constant
 from smoothrot.passes.hadamard import rotation_factors
 from smoothrot.passes.model_map import Linear, ModelMapError, build_model_map
 
 __all__ = ["ResidualRotationPass"]
 
 _MARK = "smoothrot.residual_rotation"
-
-
-def _update(lin: Linear, fn) -> None:
-    w = private_constant(lin.node, 1)
-    set_constant(w, fn(constant_array(w).astype(np.float64)))
-
-
-def _update_bias(lin: Linear, fn) -> None:
-    if lin.bias is not None and lin.bias_node is not None:
-        b = private_constant(lin.bias_node, list(lin.bias_node.inputs).index(lin.bias))
-        set_constant(b, fn(constant_array(b).astype(np.float64)))
 
 
 class ResidualRotationPass(ir.passes.InPlacePass):
@@ -57,15 +46,14 @@ class ResidualRotationPass(ir.passes.InPlacePass):
         if mm.embedding is None or mm.lm_head is None:
             raise ModelMapError("residual rotation needs the embedding Gather and lm_head")
         q = rotation_factors(self.dims.hidden, self.seed).dense
-        table = private_constant(mm.embedding, 0)
-        set_constant(table, constant_array(table).astype(np.float64) @ q)
+        transform_constant(mm.embedding, mm.embedding.inputs[0], lambda e: e @ q)
         for _, readers in mm.norm_consumers():
             for lin in readers:
-                _update(lin, lambda w: q.T @ w)
+                lin.transform_weight(lambda w: q.T @ w)
         for layer in mm.layers:
             for writer in (layer.o, layer.down):
-                _update(writer, lambda w: w @ q)
-                _update_bias(writer, lambda b: b @ q)
+                writer.transform_weight(lambda w: w @ q)
+                writer.transform_bias(lambda b: b @ q)
             if self.per_head:
                 self._rotate_heads(layer.v, layer.o)
         model.metadata_props[_MARK] = "r1+r2" if self.per_head else "r1"
@@ -76,6 +64,6 @@ class ResidualRotationPass(ir.passes.InPlacePass):
         h = rotation_factors(d.head_dim, self.seed).dense
         v_rot = np.kron(np.eye(d.kv_heads), h)
         o_rot = np.kron(np.eye(d.heads), h)
-        _update(v, lambda w: w @ v_rot)
-        _update_bias(v, lambda b: b @ v_rot)
-        _update(o, lambda w: o_rot.T @ w)
+        v.transform_weight(lambda w: w @ v_rot)
+        v.transform_bias(lambda b: b @ v_rot)
+        o.transform_weight(lambda w: o_rot.T @ w)

@@ -18,7 +18,6 @@ the same statistics twice would be wrong.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,38 +25,25 @@ import numpy as np
 import onnx_ir as ir
 
 from smoothrot.compiler.manifest import ModelDims
-from smoothrot.passes._graph import constant_array, private_constant, set_constant
-from smoothrot.passes.model_map import Linear, Norm, build_model_map
+from smoothrot.passes._graph import constant_array, transform_constant
+from smoothrot.passes.model_map import LAYER_SITES, Linear, Norm, Site, build_model_map
 
-__all__ = ["SmoothConfig", "SmoothPass", "SmoothSite", "smoothing_scales"]
+__all__ = ["SmoothConfig", "SmoothPass", "smoothing_scales"]
 
 _MARK = "smoothrot.smoothed"
 AbsMax = Callable[[Linear], np.ndarray]  # per-channel max |x| at a Linear's input
 
 
-class SmoothSite(enum.Enum):
-    QKV = "qkv"
-    GATE_UP = "gate_up"
-    O_PROJ = "o_proj"
-    DOWN_PROJ = "down_proj"
-    LM_HEAD = "lm_head"
-
-
-DEFAULT_SITES = frozenset(
-    {SmoothSite.QKV, SmoothSite.GATE_UP, SmoothSite.O_PROJ, SmoothSite.DOWN_PROJ}
-)
-
-
 @dataclass(frozen=True)
 class SmoothConfig:
     alpha: float = 0.5
-    sites: frozenset[SmoothSite] = DEFAULT_SITES
+    sites: frozenset[Site] = LAYER_SITES
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        if not all(isinstance(s, SmoothSite) for s in self.sites):
-            raise ValueError(f"sites must be SmoothSite members, got {self.sites!r}")
+        if not all(isinstance(s, Site) for s in self.sites):
+            raise ValueError(f"sites must be Site members, got {self.sites!r}")
 
 
 def smoothing_scales(act_absmax: np.ndarray, weight_absmax: np.ndarray, alpha: float) -> np.ndarray:
@@ -75,22 +61,17 @@ def _row_absmax(linears: list[Linear]) -> np.ndarray:
 
 
 def _scale_rows(lin: Linear, s: np.ndarray) -> None:
-    w = private_constant(lin.node, 1)
-    set_constant(w, s[:, None] * constant_array(w).astype(np.float64))
+    lin.transform_weight(lambda w: s[:, None] * w)
 
 
 def _scale_columns(lin: Linear, inv: np.ndarray) -> None:
-    w = private_constant(lin.node, 1)
-    set_constant(w, constant_array(w).astype(np.float64) * inv[None, :])
-    if lin.bias is not None and lin.bias_node is not None:
-        b = private_constant(lin.bias_node, list(lin.bias_node.inputs).index(lin.bias))
-        set_constant(b, constant_array(b).astype(np.float64) * inv)
+    lin.transform_weight(lambda w: w * inv[None, :])
+    lin.transform_bias(lambda b: b * inv)
 
 
 def _smooth_norm(norm: Norm, linears: list[Linear], absmax: np.ndarray, alpha: float) -> None:
     s = smoothing_scales(absmax, _row_absmax(linears), alpha)
-    g = private_constant(norm.node, list(norm.node.inputs).index(norm.gamma))
-    set_constant(g, constant_array(g).astype(np.float64) / s)
+    transform_constant(norm.node, norm.gamma, lambda g: g / s)
     for lin in linears:
         _scale_rows(lin, s)
 
@@ -116,23 +97,23 @@ class SmoothPass(ir.passes.InPlacePass):
         mm = build_model_map(model, self.dims).require()
         sites, alpha = self.config.sites, self.config.alpha
         for layer in mm.layers:
-            if SmoothSite.QKV in sites:
+            if Site.QKV in sites:
                 qkv = [layer.q, layer.k, layer.v]
                 _smooth_norm(layer.attn_norm, qkv, self.absmax(layer.q), alpha)
-            if SmoothSite.GATE_UP in sites:
+            if Site.GATE_UP in sites:
                 mlp = [layer.gate, layer.up]
                 _smooth_norm(layer.mlp_norm, mlp, self.absmax(layer.gate), alpha)
-            if SmoothSite.O_PROJ in sites:
+            if Site.O_PROJ in sites:
                 s_v = _gqa_scales(layer.o, self.absmax(layer.o), self.dims, alpha)
                 group = self.dims.heads // self.dims.kv_heads
                 s_o = np.repeat(s_v.reshape(self.dims.kv_heads, 1, -1), group, axis=1).reshape(-1)
                 _scale_columns(layer.v, 1.0 / s_v)
                 _scale_rows(layer.o, s_o)
-            if SmoothSite.DOWN_PROJ in sites:
+            if Site.DOWN_PROJ in sites:
                 s = smoothing_scales(self.absmax(layer.down), _row_absmax([layer.down]), alpha)
                 _scale_columns(layer.up, 1.0 / s)
                 _scale_rows(layer.down, s)
-        if SmoothSite.LM_HEAD in sites and mm.final_norm and mm.lm_head:
+        if Site.LM_HEAD in sites and mm.final_norm and mm.lm_head:
             _smooth_norm(mm.final_norm, [mm.lm_head], self.absmax(mm.lm_head), alpha)
         model.metadata_props[_MARK] = ",".join(sorted(s.value for s in sites))
         return ir.passes.PassResult(model, modified=True)
