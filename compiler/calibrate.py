@@ -45,8 +45,11 @@ __all__ = [
     "CalibrationStats",
     "ActivationStats",
     "calibrate_dir",
+    "feeds",
     "load_calibration",
     "matmul_inputs",
+    "session_with_outputs",
+    "token_sequences",
 ]
 
 CALIBRATION_DIR = "calibration"
@@ -115,7 +118,7 @@ class _Accumulator:
             self.hessian += x.T @ x  # fp32 product per sequence, fp64 running sum
 
 
-def _session_with_outputs(
+def session_with_outputs(
     directory: Path, model_file: str, names: list[str]
 ) -> ort.InferenceSession:
     """Session over the model plus extra graph outputs, without copying the weights."""
@@ -132,7 +135,7 @@ def _session_with_outputs(
     )
 
 
-def _token_sequences(directory: Path, config: CalibrationConfig, text_file: Path | None):
+def token_sequences(directory: Path, config: CalibrationConfig, text_file: Path | None):
     if text_file is None:
         text, label = corpus_part(CorpusPart.CALIBRATION), "pydoc_data calibration part"
     else:
@@ -159,18 +162,18 @@ def calibrate_dir(
     manifest = load_manifest(directory)
     output = Path(output) if output is not None else directory / CALIBRATION_DIR
     check_output_dir(output, marker=_INDEX)
-    seqs, label, digest = _token_sequences(directory, config, text_file)
+    seqs, label, digest = token_sequences(directory, config, text_file)
     graph = ir.load(str(directory / manifest.model_file))
     inputs = matmul_inputs(graph, manifest.weights)
     if not inputs:
         raise SmoothrotError(f"{directory}: no MatMul with a constant weight to calibrate")
     names = list(inputs)
-    session = _session_with_outputs(directory, manifest.model_file, names)
+    session = session_with_outputs(directory, manifest.model_file, names)
     out_names = [o.name for o in session.get_outputs()]
     acc: dict[str, _Accumulator] = {}
     t0 = time.perf_counter()
     for row in tqdm(seqs, desc="calibrate", unit="seq", disable=not progress):
-        values = dict(zip(out_names, session.run(None, _feeds(manifest, row)), strict=True))
+        values = dict(zip(out_names, session.run(None, feeds(manifest, row)), strict=True))
         for name in names:
             x = values[name]
             if name not in acc:
@@ -188,7 +191,7 @@ def calibrate_dir(
     return output
 
 
-def _feeds(manifest: Manifest, row: np.ndarray) -> dict[str, np.ndarray]:
+def feeds(manifest: Manifest, row: np.ndarray) -> dict[str, np.ndarray]:
     seq = row.shape[0]
     feeds: dict[str, np.ndarray] = {
         "input_ids": row[None, :],
