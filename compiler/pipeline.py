@@ -1,19 +1,24 @@
 """The compile pipeline, declared in one place: which passes each recipe runs, in order.
 
-``smoothrot compile --recipe R`` = export (or take an exported directory) → calibrate (if the
-recipe smooths) → the recipe's passes → save → prove: the result's logits are compared with
-the input model's on a fixed 128-token input and written to ``report.json``.
+``smoothrot compile --recipe R`` =
+
+1. export (or take an exported directory);
+2. calibrate the input model (abs-max per channel) if the transform smooths;
+3. the exact transform's passes (``exact_passes``): logits unchanged;
+4. if the recipe quantizes weights: save the transformed graph, calibrate it again (Hessians
+   ``XᵀX`` of the inputs the quantized MatMuls will really see), then the lossy passes
+   (``quant_passes``): INT4 weights, activation QDQ, KV QDQ;
+5. save, and prove/measure: logits vs the input model on a fixed 128-token input (max |Δ| and
+   SNR), perplexity before/after for lossy recipes; ``report.json`` + ``report.md``.
 """
 
 from __future__ import annotations
 
-import enum
-import json
 import logging
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,24 +27,27 @@ import onnx_ir as ir
 
 from smoothrot.compiler.calibrate import CalibrationConfig, calibrate_dir, load_calibration
 from smoothrot.compiler.config import ExportConfig
-from smoothrot.compiler.corpus import CorpusPart, corpus_part
 from smoothrot.compiler.errors import SmoothrotError
 from smoothrot.compiler.export import export_model, save_model
 from smoothrot.compiler.manifest import MANIFEST_NAME, Manifest, load_manifest
 from smoothrot.compiler.outdir import atomic_output_dir, check_output_dir
-from smoothrot.compiler.runner import OrtDecoder, load_tokenizer
+from smoothrot.compiler.recipes import TRANSFORM_SMOOTH_SITES, Recipe, Transform
+from smoothrot.compiler.report import write_report
 from smoothrot.compiler.sources import resolve_source
 from smoothrot.passes.fold_norm import FoldNormGammaPass
-from smoothrot.passes.model_map import Linear, Site
+from smoothrot.passes.model_map import LAYER_SITES, Linear, Site
 from smoothrot.passes.online_rotation import OnlineRotationPass
+from smoothrot.passes.quantize_activations import ActQuantConfig, ActQuantPass
+from smoothrot.passes.quantize_kv import KVQuantConfig, KVQuantPass
+from smoothrot.passes.quantize_weights import WeightQuantConfig, WeightQuantPass
 from smoothrot.passes.residual_rotation import ResidualRotationPass
 from smoothrot.passes.smooth import SmoothConfig, SmoothPass
 
-__all__ = ["CompileConfig", "Recipe", "compile_model", "recipe_passes"]
+__all__ = ["CompileConfig", "Recipe", "Transform", "compile_model", "exact_passes"]
 
 log = logging.getLogger("smoothrot.pipeline")
 DOWN_ONLY = frozenset({Site.DOWN_PROJ})
-_COPIED = (
+COPIED_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "chat_template.jinja",
@@ -47,61 +55,103 @@ _COPIED = (
 )
 
 
-class Recipe(enum.Enum):
-    FP_SMOOTH = "fp-smooth"  # exact: SmoothQuant scales folded into norms / v_proj / up_proj
-    FP_ROTATE = "fp-rotate"  # exact: fused residual (R1) + per-head (R2) + online at down_proj
-    FP_HYBRID = "fp-hybrid"  # exact: smoothing first, rotation second, at the same inputs
-
-    @property
-    def smooths(self) -> bool:
-        return self in (Recipe.FP_SMOOTH, Recipe.FP_HYBRID)
-
-
 @dataclass(frozen=True)
 class CompileConfig:
     recipe: Recipe
+    transform: Transform | None = None  # None: the recipe's own
     alpha: float = 0.5
+    weights: WeightQuantConfig = field(default_factory=WeightQuantConfig)
+    kv_prefix: int = 0  # BiSup P: KV entries at positions < P stay in the compute dtype
     calibration_tokens: int = 4096
     seed: int = 0
     dump_after: tuple[str, ...] = ()
+    evaluate: bool = True  # perplexity before/after in the report (lossy recipes)
 
     def __post_init__(self) -> None:
         if not isinstance(self.recipe, Recipe):
             raise ValueError(f"recipe must be a Recipe, got {self.recipe!r}")
+        if self.transform is not None and not isinstance(self.transform, Transform):
+            raise ValueError(f"transform must be a Transform, got {self.transform!r}")
         SmoothConfig(alpha=self.alpha)  # validates alpha
+        KVQuantConfig(keep_prefix=self.kv_prefix)  # validates P
+        if self.calibration_tokens < 512:
+            raise ValueError(f"calibration tokens must be >= 512, got {self.calibration_tokens}")
+
+    @property
+    def transform_used(self) -> Transform:
+        return self.transform or self.recipe.spec.transform
 
 
-def recipe_passes(config: CompileConfig, manifest: Manifest, absmax) -> list[tuple[str, Any]]:
-    """The full, ordered pass list of a recipe (name, pass)."""
+def exact_passes(
+    transform: Transform, manifest: Manifest, absmax, alpha: float = 0.5, seed: int = 0
+) -> list[tuple[str, Any]]:
+    """The exact stage of a transform, in order (name, pass)."""
     dims = manifest.dims
-    smooth = ("smooth", SmoothPass(dims, absmax, SmoothConfig(alpha=config.alpha)))
-    rotate = ("online_rotation", OnlineRotationPass(dims, seed=config.seed))
-    if config.recipe is Recipe.FP_SMOOTH:
-        return [smooth]
-    if config.recipe is Recipe.FP_ROTATE:
-        return [
+    passes: list[tuple[str, Any]] = []
+    if transform.smooths:
+        sites = TRANSFORM_SMOOTH_SITES[transform]
+        passes.append(("smooth", SmoothPass(dims, absmax, SmoothConfig(alpha, sites))))
+    if transform in (Transform.ROTATE, Transform.HYBRID):
+        passes += [
             ("fold_norm_gamma", FoldNormGammaPass(dims)),
-            ("residual_rotation", ResidualRotationPass(dims, per_head=True, seed=config.seed)),
-            ("online_rotation", OnlineRotationPass(dims, DOWN_ONLY, seed=config.seed)),
+            ("residual_rotation", ResidualRotationPass(dims, per_head=True, seed=seed)),
+            ("online_rotation", OnlineRotationPass(dims, DOWN_ONLY, seed=seed)),
         ]
-    return [smooth, rotate]  # fp-hybrid: smoothing first, rotation second, same inputs
+    elif transform is Transform.HYBRID_ONLINE:
+        passes.append(("online_rotation", OnlineRotationPass(dims, LAYER_SITES, seed=seed)))
+    return passes
 
 
-def _absmax_lookup(calibration: Path, manifest: Manifest):
+def quant_passes(config: CompileConfig, manifest: Manifest, hessian) -> list[tuple[str, Any]]:
+    spec, dims = config.recipe.spec, manifest.dims
+    passes: list[tuple[str, Any]] = []
+    if spec.weights:
+        passes.append(("quantize_weights", WeightQuantPass(dims, hessian, config.weights, True)))
+    if spec.act_bits is not None:
+        passes.append(("quantize_activations", ActQuantPass(dims, ActQuantConfig(spec.act_bits))))
+    if spec.kv_bits is not None:
+        kv = KVQuantConfig(spec.kv_bits, config.kv_prefix)
+        passes.append(("quantize_kv", KVQuantPass(dims, kv)))
+    return passes
+
+
+def layer_lookup(calibration: Path, manifest: Manifest, field_name: str):
+    """``fn(Linear) -> array``: a per-layer calibration statistic (``absmax`` or ``hessian``)."""
     stats = load_calibration(calibration)
     module_of = {w: m for m, w in manifest.weights.items()}
 
-    def absmax(lin: Linear) -> np.ndarray:
+    def lookup(lin: Linear) -> np.ndarray:
         if lin.name not in module_of:
             raise SmoothrotError(f"no calibration statistics for weight {lin.name}")
-        return np.asarray(stats.for_layer(module_of[lin.name]).absmax)
+        value = getattr(stats.for_layer(module_of[lin.name]), field_name)
+        if value is None:
+            raise SmoothrotError(f"calibration has no {field_name} for {lin.name}")
+        return np.asarray(value)
 
-    return absmax
+    return lookup
 
 
-def _probe_ids(directory: Path) -> np.ndarray:
-    ids = load_tokenizer(directory).encode(corpus_part(CorpusPart.EVALUATION)[:4000])
-    return np.asarray([ids[:128]], np.int64)
+class _Stages:
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def timed(self, name: str, fn, **extra: Any):
+        t = time.perf_counter()
+        result = fn()
+        row = {"stage": name, **extra, "seconds": round(time.perf_counter() - t, 2)}
+        if hasattr(result, "modified"):
+            row["modified"] = result.modified
+        self.rows.append(row)
+        log.info("%s in %.2fs", name, row["seconds"])
+        return result
+
+
+def _save_dir(graph: ir.Model, source: Path, manifest: Manifest, out: Path, stages) -> None:
+    save_model(graph, out)
+    for f in COPIED_FILES:
+        if (source / f).is_file():
+            shutil.copy(source / f, out / f)
+    replace(manifest, stages=manifest.stages + stages).save(out)
 
 
 def compile_model(
@@ -109,55 +159,52 @@ def compile_model(
 ) -> dict[str, Any]:
     out = Path(out)
     check_output_dir(out)
-    stages: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="smoothrot-") as work:
-        t = time.perf_counter()
+    stages = _Stages()
+    spec = config.recipe.spec
+    with tempfile.TemporaryDirectory(prefix="smoothrot-") as tmp:
+        work = Path(tmp)
         if onnx_dir is None:
-            onnx_dir = Path(work) / "export"
-            export_model(resolve_source(model), onnx_dir, ExportConfig())
-            stages.append({"stage": "export", "seconds": round(time.perf_counter() - t, 1)})
+            onnx_dir = work / "export"
+            stages.timed(
+                "export", lambda: export_model(resolve_source(model), onnx_dir, ExportConfig())
+            )
         manifest = load_manifest(onnx_dir)
         absmax = None
-        if config.recipe.smooths:
-            t = time.perf_counter()
-            calib = Path(work) / "calibration"
-            cal_cfg = CalibrationConfig(tokens=config.calibration_tokens, hessian=False)
-            calibrate_dir(onnx_dir, cal_cfg, calib)
-            absmax = _absmax_lookup(calib, manifest)
-            stages.append({"stage": "calibrate", "seconds": round(time.perf_counter() - t, 1)})
+        if config.transform_used.smooths:
+            cal = CalibrationConfig(tokens=config.calibration_tokens, hessian=False)
+            stages.timed("calibrate", lambda: calibrate_dir(onnx_dir, cal, work / "cal0"))
+            absmax = layer_lookup(work / "cal0", manifest, "absmax")
         graph = ir.load(str(onnx_dir / manifest.model_file))
-        dumps = Path(work) / "dumps"
-        for name, p in recipe_passes(config, manifest, absmax):
-            t = time.perf_counter()
-            modified = p(graph).modified
-            stages.append(
-                {"stage": name, "modified": modified, "seconds": round(time.perf_counter() - t, 2)}
+        dumps = work / "dumps"
+        passes = exact_passes(config.transform_used, manifest, absmax, config.alpha, config.seed)
+        for name, p in passes:
+            _run_pass(stages, name, p, graph, dumps, config)
+        if spec.weights:
+            transformed = work / "transformed"
+            transformed.mkdir()
+            _save_dir(graph, onnx_dir, manifest, transformed, [])
+            cal = CalibrationConfig(tokens=config.calibration_tokens, hessian=True)
+            stages.timed(
+                "calibrate_hessians", lambda: calibrate_dir(transformed, cal, work / "cal1")
             )
-            log.info("pass %s: modified=%s in %.2fs", name, modified, stages[-1]["seconds"])
-            if name in config.dump_after:
-                (dumps / name).mkdir(parents=True)
-                save_model(graph, dumps / name)
-        with atomic_output_dir(out) as tmp:
-            save_model(graph, tmp)
-            for f in _COPIED:
-                if (onnx_dir / f).is_file():
-                    shutil.copy(onnx_dir / f, tmp / f)
-            new = replace(manifest, stages=manifest.stages + stages)
-            new.save(tmp)
+            hessian = layer_lookup(work / "cal1", manifest, "hessian")
+        else:
+            hessian = None
+        quant = quant_passes(config, manifest, hessian)
+        for name, p in quant:
+            _run_pass(stages, name, p, graph, dumps, config)
+        with atomic_output_dir(out) as result:
+            _save_dir(graph, onnx_dir, manifest, result, stages.rows)
             if dumps.exists():
-                shutil.copytree(dumps, tmp / "dumps")
-            ids = _probe_ids(onnx_dir)
-            ref, _ = OrtDecoder(onnx_dir).forward(ids)
-            ours, _ = OrtDecoder(tmp).forward(ids)
-            report = {
-                "recipe": config.recipe.value,
-                "config": {**asdict(config), "recipe": config.recipe.value},
-                "exactness": {
-                    "tokens": int(ids.shape[1]),
-                    "max_abs_logit_diff": float(np.abs(ours - ref).max()),
-                },
-                "stages": stages,
-            }
-            (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+                shutil.copytree(dumps, result / "dumps")
+            layers = [r for _, p in quant if isinstance(p, WeightQuantPass) for r in p.results]
+            report = write_report(result, onnx_dir, config, stages.rows, layers)
     assert (out / MANIFEST_NAME).is_file()
     return report
+
+
+def _run_pass(stages: _Stages, name: str, p, graph: ir.Model, dumps: Path, config) -> None:
+    stages.timed(name, lambda: p(graph))
+    if name in config.dump_after:
+        (dumps / name).mkdir(parents=True)
+        save_model(graph, dumps / name)

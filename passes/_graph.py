@@ -6,8 +6,10 @@ import numpy as np
 import onnx_ir as ir
 
 ROTATION_MARK = "smoothrot.rotation"  # node metadata on every node of an online rotation
+ACT_QUANT_MARK = "smoothrot.act_quant"  # node metadata on every node of an activation QDQ
 
 __all__ = [
+    "ACT_QUANT_MARK",
     "ROTATION_MARK",
     "unrotated",
     "constant_array",
@@ -88,8 +90,9 @@ def private_constant(node: ir.Node, index: int) -> ir.Value:
 
 
 def unrotated(value: ir.Value) -> ir.Value:
-    """The value an online rotation was applied to, or ``value`` itself if none was."""
-    while (node := value.producer()) is not None and node.metadata_props.get(ROTATION_MARK):
+    """The value an online rotation or an activation QDQ was applied to (through any chain of
+    them), or ``value`` itself if none was."""
+    while (node := value.producer()) is not None and _inserted(node):
         source = (
             node.inputs[0]
             if node.op_type != "MatMul" or is_constant(node.inputs[1])
@@ -98,6 +101,11 @@ def unrotated(value: ir.Value) -> ir.Value:
         assert source is not None
         value = source
     return value
+
+
+def _inserted(node: ir.Node) -> bool:
+    props = node.metadata_props
+    return bool(props.get(ROTATION_MARK) or props.get(ACT_QUANT_MARK))
 
 
 def transform_constant(node: ir.Node, value: ir.Value, fn) -> None:

@@ -24,7 +24,7 @@ class FoldNormGammaPass(ir.passes.InPlacePass):
         self.dims = dims
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        mm = build_model_map(model, self.dims).require()
+        mm = build_model_map(model, self.dims).require(fp_weights=True)
         modified = False
         for norm, linears in mm.norm_consumers():
             gamma = constant_array(norm.gamma)

@@ -79,7 +79,8 @@ class Norm:
 
 @dataclass(frozen=True)
 class Linear:
-    """A constant-weight MatMul ``y = x @ B (+ bias)``, ``B = weight`` of shape ``[K, N]``."""
+    """A constant-weight MatMul ``y = x @ B (+ bias)``, ``B = weight`` of shape ``[K, N]``: an
+    initializer, or the output of a DequantizeLinear of constants (a quantized weight)."""
 
     node: ir.Node
     weight: ir.Value
@@ -102,8 +103,15 @@ class Linear:
     def name(self) -> str:
         return self.weight.name or "?"
 
+    @property
+    def dequantize(self) -> ir.Node | None:
+        """The DequantizeLinear producing ``B`` once the weight is quantized, else None."""
+        return producer_op(self.weight, "DequantizeLinear")
+
     def transform_weight(self, fn) -> None:
         """``B := fn(B)`` (float64 in, stored in B's dtype), on a copy only this MatMul reads."""
+        if self.dequantize is not None:
+            raise ModelMapError(f"{self.name} is already quantized; exact passes must run first")
         transform_constant(self.node, self.weight, fn)
 
     def transform_bias(self, fn) -> None:
@@ -124,6 +132,21 @@ class DecoderLayer:
     up: Linear
     down: Linear
 
+    def site_groups(self) -> list[tuple[Site, str, list[Linear]]]:
+        """Each MatMul input site with a tag and the Linears that read it (q/k/v share one)."""
+        groups: list[tuple[Site, str, list[Linear]]] = []
+        for layer in self.layers:
+            i = layer.index
+            groups += [
+                (Site.QKV, f"layers.{i}.qkv", [layer.q, layer.k, layer.v]),
+                (Site.O_PROJ, f"layers.{i}.o_proj", [layer.o]),
+                (Site.GATE_UP, f"layers.{i}.gate_up", [layer.gate, layer.up]),
+                (Site.DOWN_PROJ, f"layers.{i}.down_proj", [layer.down]),
+            ]
+        if self.lm_head is not None:
+            groups.append((Site.LM_HEAD, "lm_head", [self.lm_head]))
+        return groups
+
     def linears(self) -> list[Linear]:
         return [self.q, self.k, self.v, self.o, self.gate, self.up, self.down]
 
@@ -137,10 +160,36 @@ class ModelMap:
     embedding: ir.Node | None = None
     problems: list[str] = field(default_factory=list)
 
-    def require(self) -> ModelMap:
+    def require(self, fp_weights: bool = False) -> ModelMap:
+        """Raise on unrecognized patterns; with ``fp_weights``, also on quantized weights (exact
+        passes rewrite float weights and must run before quantization)."""
         if self.problems:
             raise ModelMapError("unrecognized model pattern: " + "; ".join(self.problems))
+        if fp_weights:
+            done = [lin.name for lin in self.linears() if lin.dequantize is not None]
+            if done:
+                raise ModelMapError(f"{done[0]} is already quantized; exact passes must run first")
         return self
+
+    def site_groups(self) -> list[tuple[Site, str, list[Linear]]]:
+        """Each MatMul input site with a tag and the Linears that read it (q/k/v share one)."""
+        groups: list[tuple[Site, str, list[Linear]]] = []
+        for layer in self.layers:
+            i = layer.index
+            groups += [
+                (Site.QKV, f"layers.{i}.qkv", [layer.q, layer.k, layer.v]),
+                (Site.O_PROJ, f"layers.{i}.o_proj", [layer.o]),
+                (Site.GATE_UP, f"layers.{i}.gate_up", [layer.gate, layer.up]),
+                (Site.DOWN_PROJ, f"layers.{i}.down_proj", [layer.down]),
+            ]
+        if self.lm_head is not None:
+            groups.append((Site.LM_HEAD, "lm_head", [self.lm_head]))
+        return groups
+
+    def linears(self) -> list[Linear]:
+        """Every Linear of the decoder layers, then lm_head."""
+        out = [lin for layer in self.layers for lin in layer.linears()]
+        return out + ([self.lm_head] if self.lm_head is not None else [])
 
     def norm_consumers(self) -> list[tuple[Norm, list[Linear]]]:
         """Each norm with the Linears it feeds (attention, MLP, final)."""
@@ -198,7 +247,10 @@ def _linear(node: ir.Node) -> Linear | None:
     if node.metadata_props.get(ROTATION_MARK):
         return None
     weight = node.inputs[1]
-    if not weight.is_initializer() or weight.const_value is None or len(weight.shape or ()) != 2:
+    if len(weight.shape or ()) != 2:
+        return None
+    initializer = weight.is_initializer() and weight.const_value is not None
+    if not initializer and not _dequantized(weight):
         return None
     out = node.outputs[0]
     uses = list(out.consumers())
@@ -208,6 +260,12 @@ def _linear(node: ir.Node) -> Linear | None:
         if is_constant(other) and other is not None and len(other.shape or ()) == 1:
             return Linear(node, weight, other, add)
     return Linear(node, weight, None, None)
+
+
+def _dequantized(weight: ir.Value) -> bool:
+    """``weight`` is a DequantizeLinear of constants (an INT4 weight written by WeightQuantPass)."""
+    dq = producer_op(weight, "DequantizeLinear")
+    return dq is not None and all(is_constant(v) for v in dq.inputs if v is not None)
 
 
 def _reaches(value: ir.Value, predicate, limit: int = 40) -> bool:

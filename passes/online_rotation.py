@@ -63,20 +63,9 @@ class OnlineRotationPass(ir.passes.InPlacePass):
         self.dims, self.sites, self.seed = dims, sites, seed
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        mm = build_model_map(model, self.dims).require()
+        mm = build_model_map(model, self.dims).require(fp_weights=True)
         graph, modified = model.graph, False
-        groups: list[tuple[Site, str, list[Linear]]] = []
-        for layer in mm.layers:
-            i = layer.index
-            groups += [
-                (Site.QKV, f"layers.{i}.qkv", [layer.q, layer.k, layer.v]),
-                (Site.O_PROJ, f"layers.{i}.o_proj", [layer.o]),
-                (Site.GATE_UP, f"layers.{i}.gate_up", [layer.gate, layer.up]),
-                (Site.DOWN_PROJ, f"layers.{i}.down_proj", [layer.down]),
-            ]
-        if mm.lm_head is not None:
-            groups.append((Site.LM_HEAD, "lm_head", [mm.lm_head]))
-        for site, tag, linears in groups:
+        for site, tag, linears in mm.site_groups():
             if site in self.sites:
                 modified |= _rotate_input(graph, linears, tag, self.seed)
         return ir.passes.PassResult(model, modified=modified)

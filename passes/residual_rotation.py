@@ -37,7 +37,7 @@ class ResidualRotationPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         if model.metadata_props.get(_MARK):
             return ir.passes.PassResult(model, modified=False)
-        mm = build_model_map(model, self.dims).require()
+        mm = build_model_map(model, self.dims).require(fp_weights=True)
         unfolded = [
             n.gamma.name for n, _ in mm.norm_consumers() if np.any(constant_array(n.gamma) != 1)
         ]

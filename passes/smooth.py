@@ -94,7 +94,7 @@ class SmoothPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         if model.metadata_props.get(_MARK) or not self.config.sites:
             return ir.passes.PassResult(model, modified=False)
-        mm = build_model_map(model, self.dims).require()
+        mm = build_model_map(model, self.dims).require(fp_weights=True)
         sites, alpha = self.config.sites, self.config.alpha
         for layer in mm.layers:
             if Site.QKV in sites:

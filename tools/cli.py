@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from smoothrot.compiler.errors import SmoothrotError
+from smoothrot.tools.cli_compile import add_compile
 
 __all__ = ["main"]
 
@@ -112,39 +113,30 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_compile(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compile", help="export (or take an export) and apply a recipe's passes")
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "analyze", help="per-layer quantization difficulty and W4A4 error under smooth/rotate"
+    )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", help="HF model directory or .gguf file (default: packaged model)")
     src.add_argument("--onnx", type=Path, help="a directory written by `smoothrot export`")
-    p.add_argument("--recipe", required=True, choices=["fp-smooth", "fp-rotate", "fp-hybrid"])
     p.add_argument("-o", "--output", required=True, type=Path, help="output directory")
+    p.add_argument("--tokens", type=int, default=1024, help="calibration-text tokens analysed")
+    p.add_argument("--seq", type=int, default=512, help="tokens per sequence")
     p.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant migration strength")
-    p.add_argument("--calibration-tokens", type=int, default=4096)
     p.add_argument("--seed", type=int, default=0, help="seed of any random rotation factor")
-    p.add_argument(
-        "--dump-after",
-        action="append",
-        default=[],
-        metavar="PASS",
-        help="also write the graph after this pass to DIR/dumps/PASS/",
-    )
-    p.set_defaults(run=_run_compile)
+    p.set_defaults(run=_run_analyze)
 
 
-def _run_compile(args: argparse.Namespace) -> int:
-    from smoothrot.compiler.pipeline import CompileConfig, Recipe, compile_model
+def _run_analyze(args: argparse.Namespace) -> int:
+    from smoothrot.compiler.analyze import AnalyzeConfig, analyze_model
+    from smoothrot.compiler.analyze_plots import summary_markdown
 
-    config = CompileConfig(
-        recipe=Recipe(args.recipe),
-        alpha=args.alpha,
-        calibration_tokens=args.calibration_tokens,
-        seed=args.seed,
-        dump_after=tuple(args.dump_after),
-    )
-    report = compile_model(args.output, config, model=args.model, onnx_dir=args.onnx)
-    diff = report["exactness"]["max_abs_logit_diff"]
-    print(f"compiled {args.recipe} to {args.output}; max |logit diff| vs input model: {diff:.2e}")
+    config = AnalyzeConfig(tokens=args.tokens, seq=args.seq, alpha=args.alpha, seed=args.seed)
+    result = analyze_model(args.output, config, model=args.model, onnx_dir=args.onnx)
+    print(summary_markdown(result["summary"], config.bits))
+    layers = len(result["rows"]) // 4
+    print(f"analysis of {layers} layers written to {args.output} in {result['seconds']:.0f}s")
     return 0
 
 
@@ -152,7 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smoothrot", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log each stage")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_export, _add_compile, _add_eval, _add_generate, _add_calibrate):
+    for add in (
+        _add_export,
+        add_compile,
+        _add_eval,
+        _add_generate,
+        _add_calibrate,
+        _add_analyze,
+    ):
         add(sub)
     return parser
 

@@ -1,0 +1,189 @@
+"""Weight quantization: every decoder Linear's ``B`` (and optionally lm_head's) becomes an INT4
+initializer + ``DequantizeLinear(axis, block_size)`` (opset 21, symmetric, no zero-point).
+
+Per layer: the group size is fitted to the grouped dimension (``fit_group_size``; the used size
+is recorded), clipping ratios are searched on the layer's calibration Hessian, then RTN or GPTQ
+quantizes; with ``AdaDim`` both per-OC and per-IC are quantized and the one with the smaller
+calibration output error ``tr(ΔBᵀHΔB)`` is kept — both errors are recorded in ``results``.
+
+The DequantizeLinear output keeps the float weight's name, so the manifest's module → weight
+map and the model map still find every Linear. Already-quantized Linears are left alone
+(idempotent; ``modified=False`` when nothing is left to do).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+import onnx_ir as ir
+from tqdm import tqdm
+
+from smoothrot.compiler.errors import SmoothrotError
+from smoothrot.compiler.manifest import ModelDims
+from smoothrot.passes._graph import constant_array, new_initializer
+from smoothrot.passes.gptq import gptq
+from smoothrot.passes.int4 import (
+    DEFAULT_CLIP_GRID,
+    Grouping,
+    QuantizedWeight,
+    fit_group_size,
+    output_error,
+    quantize_rtn,
+    search_clip,
+)
+from smoothrot.passes.model_map import Linear, build_model_map
+
+__all__ = [
+    "Algorithm",
+    "GroupingMode",
+    "LayerQuantResult",
+    "WeightQuantConfig",
+    "WeightQuantPass",
+    "quantize_layer",
+]
+
+QUANT_MARK = "smoothrot.weight_quant"
+
+
+class GroupingMode(enum.Enum):
+    PER_OC = "per-oc"
+    PER_IC = "per-ic"
+    ADADIM = "adadim"  # per layer, the grouping with the smaller calibration output error
+
+    @property
+    def candidates(self) -> tuple[Grouping, ...]:
+        if self is GroupingMode.ADADIM:
+            return (Grouping.PER_OC, Grouping.PER_IC)
+        return (Grouping(self.value),)
+
+
+class Algorithm(enum.Enum):
+    RTN = "rtn"
+    GPTQ = "gptq"
+
+
+@dataclass(frozen=True)
+class WeightQuantConfig:
+    grouping: GroupingMode = GroupingMode.ADADIM
+    group_size: int = 128  # 0 = per channel
+    algorithm: Algorithm = Algorithm.GPTQ
+    lm_head: bool = False  # quantize lm_head too (default: keep it in the compute dtype)
+    clip_grid: tuple[float, ...] = DEFAULT_CLIP_GRID
+    damp: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.grouping, GroupingMode):
+            raise ValueError(f"grouping must be a GroupingMode, got {self.grouping!r}")
+        if not isinstance(self.algorithm, Algorithm):
+            raise ValueError(f"algorithm must be an Algorithm, got {self.algorithm!r}")
+        if self.group_size != 0 and self.group_size < 16:
+            raise ValueError(f"group size must be 0 (per channel) or >= 16, got {self.group_size}")
+        if not self.clip_grid or any(not 0.0 < c <= 1.0 for c in self.clip_grid):
+            raise ValueError(f"clip grid values must be in (0, 1], got {self.clip_grid}")
+        if not 0.0 < self.damp < 1.0:
+            raise ValueError(f"damp must be in (0, 1), got {self.damp}")
+
+
+@dataclass(frozen=True)
+class LayerQuantResult:
+    weight: str
+    grouping: str
+    block: int
+    errors: dict[str, float]  # calibration output error tr(ΔBᵀHΔB) per grouping tried
+    snr_db: float  # 10·log10(tr(BᵀHB) / error) of the kept grouping
+
+
+HessianFn = Callable[[Linear], np.ndarray | None]
+
+
+def quantize_layer(
+    b: np.ndarray, hessian: np.ndarray | None, grouping: Grouping, config: WeightQuantConfig
+) -> tuple[QuantizedWeight, float]:
+    """One grouping of one layer: fitted group, searched clip, RTN or GPTQ → (weight, error)."""
+    k, n = b.shape
+    block = fit_group_size(k if grouping is Grouping.PER_OC else n, config.group_size)
+    clip = search_clip(b, hessian, grouping, block, config.clip_grid)
+    if config.algorithm is Algorithm.GPTQ:
+        if hessian is None:
+            raise SmoothrotError("GPTQ needs calibration Hessians")
+        qw = gptq(b, hessian, grouping, block, clip, config.damp)
+    else:
+        qw = quantize_rtn(b, grouping, block, clip)
+    error = float(output_error(qw.dequantize() - np.asarray(b, np.float64), hessian).sum())
+    return qw, error
+
+
+def _store(graph: ir.Graph, lin: Linear, qw: QuantizedWeight) -> None:
+    """Replace ``B`` by INT4 + DequantizeLinear; the DQ output takes over B's name."""
+    old = lin.weight
+    name = old.name or "weight"
+    q = new_initializer(graph, f"{name}.int4", qw.q.astype(ml_dtypes.int4))
+    scale = new_initializer(graph, f"{name}.scale", qw.scale)
+    dq = ir.node(
+        "DequantizeLinear",
+        [q, scale],
+        attributes={"axis": qw.grouping.axis, "block_size": qw.block},
+        name=f"{name}.dequantize",
+    )
+    dq.metadata_props[QUANT_MARK] = f"int4:{qw.grouping.value}:{qw.block}"
+    graph.insert_before(lin.node, dq)
+    lin.node.replace_input_with(1, dq.outputs[0])
+    if not old.uses():
+        graph.initializers.pop(name)
+        old.name = f"{name}.float"
+    out = dq.outputs[0]
+    out.name, out.shape = name, ir.Shape(list(qw.q.shape))
+    out.type = ir.TensorType(ir.DataType.FLOAT)
+
+
+class WeightQuantPass(ir.passes.InPlacePass):
+    """Quantize Linear weights to INT4 QDQ (see module docstring); fills ``self.results``."""
+
+    def __init__(
+        self,
+        dims: ModelDims,
+        hessian: HessianFn,
+        config: WeightQuantConfig = WeightQuantConfig(),
+        progress: bool = False,
+    ) -> None:
+        super().__init__()
+        self.dims, self.hessian, self.config, self.progress = dims, hessian, config, progress
+        self.results: list[LayerQuantResult] = []
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        mm = build_model_map(model, self.dims).require()
+        targets = [lin for layer in mm.layers for lin in layer.linears()]
+        if self.config.lm_head and mm.lm_head is not None:
+            targets.append(mm.lm_head)
+        todo = [lin for lin in targets if lin.dequantize is None]
+        bar = tqdm(todo, desc=f"quantize ({self.config.algorithm.value})", unit="layer")
+        bar.disable = not self.progress
+        for lin in bar:
+            b = constant_array(lin.weight)
+            if b.dtype != np.float32:
+                raise SmoothrotError(f"{lin.name}: INT4 quantization needs fp32 weights, {b.dtype}")
+            h = self.hessian(lin)
+            tried = {}
+            for grouping in self.config.grouping.candidates:
+                try:
+                    tried[grouping] = quantize_layer(b, h, grouping, self.config)
+                except ValueError as exc:
+                    raise SmoothrotError(f"{lin.name} {list(b.shape)}: {exc}") from exc
+            best = min(tried, key=lambda g: tried[g][1])
+            qw, err = tried[best]
+            ref = float(output_error(b, h).sum())
+            self.results.append(
+                LayerQuantResult(
+                    weight=lin.name,
+                    grouping=best.value,
+                    block=qw.block,
+                    errors={g.value: e for g, (_, e) in tried.items()},
+                    snr_db=10.0 * float(np.log10(ref / err)) if err > 0 else float("inf"),
+                )
+            )
+            _store(model.graph, lin, qw)
+        return ir.passes.PassResult(model, modified=bool(todo))
