@@ -11,7 +11,14 @@ from smoothrot.compiler.config import EvalConfig
 from smoothrot.compiler.evaluate import evaluate_dir
 from smoothrot.compiler.export import save_model
 from smoothrot.compiler.manifest import load_manifest
-from smoothrot.compiler.pipeline import CompileConfig, Recipe, compile_model, layer_lookup
+from smoothrot.compiler.pipeline import (
+    CompileConfig,
+    Recipe,
+    Transform,
+    compile_model,
+    exact_passes,
+    layer_lookup,
+)
 from smoothrot.compiler.runner import OrtDecoder
 from smoothrot.passes.fold_norm import FoldNormGammaPass
 from smoothrot.passes.model_map import ModelMapError, build_model_map
@@ -143,3 +150,19 @@ def test_residual_rotation_refuses_unfolded_norms(tiny_export):
     dims = load_manifest(tiny_export("llama")).dims
     with pytest.raises(ModelMapError, match="needs folded norms"):
         ResidualRotationPass(dims)(ir.load(tiny_export("llama") / "model.onnx"))
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
+@pytest.mark.parametrize("transform", list(Transform))
+def test_every_transform_of_the_pipeline_is_exact(
+    tiny_export, tiny_absmax, tmp_path, arch, transform
+):
+    """The exact stage each quantized recipe can use, pass list taken from the pipeline itself."""
+    src = tiny_export(arch)
+    manifest = load_manifest(src)
+    passes = [p for _, p in exact_passes(transform, manifest, tiny_absmax(arch))]
+    _, modified, ours = _apply(src, tmp_path, passes)
+    assert all(modified) and len(modified) == {"none": 0, "smooth": 1}.get(
+        transform.value, len(modified)
+    )
+    np.testing.assert_allclose(ours, OrtDecoder(src).forward(IDS)[0], atol=1e-4, rtol=0)
