@@ -37,7 +37,7 @@ from smoothrot.compiler.errors import SmoothrotError
 from smoothrot.compiler.evaluate import read_text
 from smoothrot.compiler.manifest import Manifest, load_manifest
 from smoothrot.compiler.outdir import atomic_output_dir, check_output_dir
-from smoothrot.compiler.runner import empty_cache, load_tokenizer
+from smoothrot.compiler.runner import empty_cache, load_tokenizer, session_options
 
 __all__ = [
     "CALIBRATION_DIR",
@@ -125,8 +125,7 @@ def session_with_outputs(
     proto = onnx.load(str(directory / model_file), load_external_data=False)
     existing = {o.name for o in proto.graph.output}
     proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in existing)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options = session_options()
     options.add_session_config_entry(
         "session.model_external_initializers_file_folder_path", str(directory)
     )

@@ -43,13 +43,23 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def perplexity(
-    logits_fn: LogitsFn, token_ids: Sequence[int], config: EvalConfig, progress: bool = True
+    logits_fn: LogitsFn,
+    token_ids: Sequence[int],
+    config: EvalConfig,
+    progress: bool = True,
+    prefix_ids: Sequence[int] = (),
 ) -> PerplexityResult:
-    """exp(mean NLL) of each next token inside each window (the window's first token is context)."""
+    """exp(mean NLL) of each next token inside each window (the window's first token is context).
+
+    ``prefix_ids`` (e.g. a system prompt) is put before every window as extra context; only the
+    window's own tokens are scored, so results with and without a prefix count the same tokens.
+    """
     batches = windows(token_ids, config)
+    prefix = np.asarray(prefix_ids, np.int64)
     total = 0.0
     for row in tqdm(batches, desc="perplexity", unit="window", disable=not progress):
-        logp = _log_softmax(logits_fn(row[None, :])[0, :-1])
+        ids = np.concatenate([prefix, row])[None, :]
+        logp = _log_softmax(logits_fn(ids)[0, len(prefix) : -1])
         total -= float(logp[np.arange(config.seq - 1), row[1:]].sum())
     count = config.windows * (config.seq - 1)
     nll = total / count

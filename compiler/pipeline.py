@@ -39,7 +39,11 @@ from smoothrot.passes.model_map import LAYER_SITES, Linear, Site
 from smoothrot.passes.online_rotation import OnlineRotationPass
 from smoothrot.passes.quantize_activations import ActQuantConfig, ActQuantPass
 from smoothrot.passes.quantize_kv import KVQuantConfig, KVQuantPass
-from smoothrot.passes.quantize_weights import WeightQuantConfig, WeightQuantPass
+from smoothrot.passes.quantize_weights import (
+    WeightQuantConfig,
+    WeightQuantPass,
+    check_group_sizes,
+)
 from smoothrot.passes.residual_rotation import ResidualRotationPass
 from smoothrot.passes.smooth import SmoothConfig, SmoothPass
 
@@ -155,41 +159,53 @@ def _save_dir(graph: ir.Model, source: Path, manifest: Manifest, out: Path, stag
 
 
 def compile_model(
-    out: Path, config: CompileConfig, model: str | None = None, onnx_dir: Path | None = None
+    out: Path,
+    config: CompileConfig,
+    model: str | None = None,
+    onnx_dir: Path | None = None,
+    cache: Path | None = None,
 ) -> dict[str, Any]:
+    """Compile to ``out`` (atomically). ``cache``: a directory where calibration statistics are
+    kept and reused by later compiles of the same input and transform (benchmarks)."""
     out = Path(out)
     check_output_dir(out)
     stages = _Stages()
     spec = config.recipe.spec
     with tempfile.TemporaryDirectory(prefix="smoothrot-") as tmp:
         work = Path(tmp)
+        store = Path(cache) if cache is not None else work
+        tokens = config.calibration_tokens
         if onnx_dir is None:
             onnx_dir = work / "export"
             stages.timed(
                 "export", lambda: export_model(resolve_source(model), onnx_dir, ExportConfig())
             )
         manifest = load_manifest(onnx_dir)
+        if spec.weights:  # refuse a group size that fits no layer before any slow work
+            check_group_sizes(manifest.dims, config.weights)
         absmax = None
         if config.transform_used.smooths:
-            cal = CalibrationConfig(tokens=config.calibration_tokens, hessian=False)
-            stages.timed("calibrate", lambda: calibrate_dir(onnx_dir, cal, work / "cal0"))
-            absmax = layer_lookup(work / "cal0", manifest, "absmax")
+            cal0 = store / f"absmax-{tokens}"
+            if not (cal0 / "index.json").is_file():
+                cal = CalibrationConfig(tokens=tokens, hessian=False)
+                stages.timed("calibrate", lambda: calibrate_dir(onnx_dir, cal, cal0))
+            absmax = layer_lookup(cal0, manifest, "absmax")
         graph = ir.load(str(onnx_dir / manifest.model_file))
         dumps = work / "dumps"
         passes = exact_passes(config.transform_used, manifest, absmax, config.alpha, config.seed)
         for name, p in passes:
             _run_pass(stages, name, p, graph, dumps, config)
+        hessian = None
         if spec.weights:
-            transformed = work / "transformed"
-            transformed.mkdir()
-            _save_dir(graph, onnx_dir, manifest, transformed, [])
-            cal = CalibrationConfig(tokens=config.calibration_tokens, hessian=True)
-            stages.timed(
-                "calibrate_hessians", lambda: calibrate_dir(transformed, cal, work / "cal1")
-            )
-            hessian = layer_lookup(work / "cal1", manifest, "hessian")
-        else:
-            hessian = None
+            key = f"hessian-{config.transform_used.value}-a{config.alpha}-s{config.seed}-{tokens}"
+            cal1 = store / key
+            if not (cal1 / "index.json").is_file():
+                transformed = work / "transformed"
+                transformed.mkdir()
+                _save_dir(graph, onnx_dir, manifest, transformed, [])
+                cal = CalibrationConfig(tokens=tokens, hessian=True)
+                stages.timed("calibrate_hessians", lambda: calibrate_dir(transformed, cal, cal1))
+            hessian = layer_lookup(cal1, manifest, "hessian")
         quant = quant_passes(config, manifest, hessian)
         for name, p in quant:
             _run_pass(stages, name, p, graph, dumps, config)

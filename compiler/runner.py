@@ -9,9 +9,28 @@ import numpy as np
 import onnxruntime as ort
 
 from smoothrot.compiler.config import DType
+from smoothrot.compiler.errors import SmoothrotError
 from smoothrot.compiler.manifest import Manifest, load_manifest
 
-__all__ = ["OrtDecoder", "empty_cache", "load_tokenizer"]
+KV_PREFIX_INPUT = "kv_fp_prefix"  # written by passes/quantize_kv.py
+
+__all__ = ["EXACT_ACCURACY_LEVEL", "OrtDecoder", "empty_cache", "load_tokenizer", "session_options"]
+
+
+# ORT fuses DequantizeLinear(axis 0) + MatMul into MatMulNBits at this accuracy level; at its
+# default (4) the fused kernel quantizes activations to int8 per block, which is *not* the QDQ
+# graph's meaning. Level 0 keeps fp32 compute, so the QDQ model is evaluated as written.
+EXACT_ACCURACY_LEVEL = 0
+
+
+def session_options(accuracy_level: int = EXACT_ACCURACY_LEVEL) -> ort.SessionOptions:
+    """CPU session options that run a QDQ graph with the given MatMulNBits accuracy level."""
+    if accuracy_level not in (0, 1, 2, 3, 4):
+        raise ValueError(f"accuracy level must be 0..4, got {accuracy_level}")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(accuracy_level))
+    return options
 
 
 def empty_cache(manifest: Manifest, batch: int = 1) -> list[np.ndarray]:
@@ -23,11 +42,16 @@ def empty_cache(manifest: Manifest, batch: int = 1) -> list[np.ndarray]:
 class OrtDecoder:
     """Runs the exported decoder graph on the CPU. ``past`` is the flat list of K/V arrays."""
 
-    def __init__(self, directory: str | Path, threads: int = 0) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        threads: int = 0,
+        accuracy_level: int = EXACT_ACCURACY_LEVEL,
+        kv_prefix: int | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.manifest: Manifest = load_manifest(self.directory)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options = session_options(accuracy_level)
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(
@@ -36,6 +60,12 @@ class OrtDecoder:
             providers=["CPUExecutionProvider"],
         )
         self.dtype = DType(self.manifest.dtype).numpy
+        self.extra_feeds: dict[str, np.ndarray] = {}
+        if kv_prefix is not None:  # BiSup P at run time (models compiled with KV quantization)
+            names = {i.name for i in self.session.get_overridable_initializers()}
+            if KV_PREFIX_INPUT not in names:
+                raise SmoothrotError(f"{directory} has no quantized KV cache to keep a prefix of")
+            self.extra_feeds[KV_PREFIX_INPUT] = np.array(kv_prefix, np.int64)
 
     def empty_cache(self, batch: int = 1) -> list[np.ndarray]:
         return empty_cache(self.manifest, batch)
@@ -54,6 +84,7 @@ class OrtDecoder:
             "position_ids": np.broadcast_to(np.arange(start, start + seq), (batch, seq)).copy(),
         }
         feeds.update(zip(self.manifest.past_names, past, strict=True))
+        feeds.update(self.extra_feeds)
         logits, *present = self.session.run(None, feeds)
         return logits.astype(np.float32, copy=False), present
 

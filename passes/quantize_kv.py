@@ -21,13 +21,13 @@ import numpy as np
 import onnx_ir as ir
 
 from smoothrot.compiler.manifest import ModelDims
+from smoothrot.compiler.runner import KV_PREFIX_INPUT
 from smoothrot.passes._graph import new_initializer
 from smoothrot.passes._qdq import QuantBits, dynamic_qdq
 from smoothrot.passes.model_map import ModelMapError
 
 __all__ = ["KV_PREFIX_INPUT", "KVQuantConfig", "KVQuantPass"]
 
-KV_PREFIX_INPUT = "kv_fp_prefix"
 _MARK = "smoothrot.kv_quant"
 
 

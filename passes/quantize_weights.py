@@ -43,6 +43,7 @@ __all__ = [
     "LayerQuantResult",
     "WeightQuantConfig",
     "WeightQuantPass",
+    "check_group_sizes",
     "quantize_layer",
 ]
 
@@ -98,6 +99,33 @@ class LayerQuantResult:
 
 
 HessianFn = Callable[[Linear], np.ndarray | None]
+
+
+def check_group_sizes(dims: ModelDims, config: WeightQuantConfig) -> dict[str, dict[str, int]]:
+    """The group size each decoder Linear type will use per grouping, before any work is done;
+    refuses (naming the layer type and shape) when no valid group size exists."""
+    attn, kv = dims.heads * dims.head_dim, dims.kv_heads * dims.head_dim
+    shapes = {
+        "q_proj": (dims.hidden, attn),
+        "k_proj": (dims.hidden, kv),
+        "v_proj": (dims.hidden, kv),
+        "o_proj": (attn, dims.hidden),
+        "gate_proj": (dims.hidden, dims.intermediate),
+        "up_proj": (dims.hidden, dims.intermediate),
+        "down_proj": (dims.intermediate, dims.hidden),
+    }
+    used: dict[str, dict[str, int]] = {}
+    for name, (k, n) in shapes.items():
+        for grouping in config.grouping.candidates:
+            dim = k if grouping is Grouping.PER_OC else n
+            try:
+                block = fit_group_size(dim, config.group_size)
+            except ValueError as exc:
+                raise SmoothrotError(
+                    f"model.layers.*.{name} [{k}, {n}] {grouping.value}: {exc}"
+                ) from exc
+            used.setdefault(name, {})[grouping.value] = block
+    return used
 
 
 def quantize_layer(

@@ -1,0 +1,184 @@
+"""Quality benchmark: fp32 vs ONNX Runtime's MatMulNBitsQuantizer vs our recipes, one run.
+
+The default model is exported once; every row is evaluated by the same runner on the same text
+(pydoc evaluation part, 8 windows x 512 tokens, EvalConfig defaults) at MatMulNBits accuracy
+level 0 unless the row says otherwise. lm_head stays fp32 in every row (ours and the peer's).
+KV rows are also evaluated with the chat system prompt before every window (scored tokens
+unchanged) with P = 0 and P = the prompt length (BiSup), set at run time.
+
+    python -m smoothrot.tools.bench_quality -o out/bench_quality [--onnx out/smollm2-fp32]
+
+Prints a markdown table (perplexity, ratio to fp32, size) and writes results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from smoothrot.compiler.config import EvalConfig, ExportConfig
+from smoothrot.compiler.evaluate import evaluate_dir, system_prompt_ids
+from smoothrot.compiler.export import export_model
+from smoothrot.compiler.pipeline import CompileConfig, compile_model
+from smoothrot.compiler.recipes import Recipe, Transform
+from smoothrot.compiler.report import model_bytes
+from smoothrot.compiler.runner import load_tokenizer
+from smoothrot.compiler.sources import resolve_source
+from smoothrot.passes.quantize_weights import Algorithm, GroupingMode, WeightQuantConfig
+from smoothrot.tools.peer_ort import PeerAlgorithm, PeerConfig, quantize_with_ort
+
+__all__ = ["ROWS", "Row", "main"]
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    bits: str  # what is quantized, for "same bit widths" comparisons
+    build: Callable[[Path, Path, Path], Path] | None  # (export, out, cache) -> model dir
+    prompt_eval: bool = False  # also evaluate with the system prompt (P = 0 and P = prompt)
+
+
+def _peer(algorithm: PeerAlgorithm, level: int):
+    return lambda src, out, cache: quantize_with_ort(src, out, PeerConfig(algorithm, 128, level))
+
+
+def _ours(recipe: str, transform: str, grouping: str, algorithm: str, tokens: int = 4096):
+    weights = WeightQuantConfig(GroupingMode(grouping), 128, Algorithm(algorithm))
+    config = CompileConfig(
+        Recipe(recipe),
+        Transform(transform),
+        weights=weights,
+        calibration_tokens=tokens,
+        evaluate=False,
+    )
+
+    def build(src: Path, out: Path, cache: Path) -> Path:
+        compile_model(out, config, onnx_dir=src, cache=cache)
+        return out
+
+    return build
+
+
+ROWS: list[Row] = [
+    Row("fp32", "fp32", None, prompt_eval=True),
+    Row("ORT MatMulNBits RTN sym b128, acc 0", "w4a16", _peer(PeerAlgorithm.RTN, 0)),
+    Row(
+        "ORT MatMulNBits RTN sym b128, acc 4", "w4a8 (int8 act/block)", _peer(PeerAlgorithm.RTN, 4)
+    ),
+    Row(
+        "ours w4a16 (recipe: GPTQ AdaDim, rotate)",
+        "w4a16",
+        _ours("w4a16", "rotate", "adadim", "gptq"),
+    ),
+    Row(
+        "ours w4a8 (recipe: GPTQ AdaDim, rotate)", "w4a8", _ours("w4a8", "rotate", "adadim", "gptq")
+    ),
+    Row(
+        "ours w4a4 (recipe: GPTQ AdaDim, hybrid)", "w4a4", _ours("w4a4", "hybrid", "adadim", "gptq")
+    ),
+    Row(
+        "ours w4a4kv4 (recipe: GPTQ AdaDim, hybrid)",
+        "w4a4kv4",
+        _ours("w4a4kv4", "hybrid", "adadim", "gptq"),
+        prompt_eval=True,
+    ),
+    Row("ours w4a16 RTN per-OC, rotate", "w4a16", _ours("w4a16", "rotate", "per-oc", "rtn")),
+    Row("ours w4a16 RTN per-IC, rotate", "w4a16", _ours("w4a16", "rotate", "per-ic", "rtn")),
+    Row("ours w4a16 RTN AdaDim, rotate", "w4a16", _ours("w4a16", "rotate", "adadim", "rtn")),
+    Row("ours w4a16 GPTQ per-OC, rotate", "w4a16", _ours("w4a16", "rotate", "per-oc", "gptq")),
+    Row("ours w4a16 GPTQ per-IC, rotate", "w4a16", _ours("w4a16", "rotate", "per-ic", "gptq")),
+    Row("ours w4a16 GPTQ AdaDim, none", "w4a16", _ours("w4a16", "none", "adadim", "gptq")),
+    Row("ours w4a16 GPTQ AdaDim, smooth", "w4a16", _ours("w4a16", "smooth", "adadim", "gptq")),
+    Row("ours w4a16 GPTQ AdaDim, hybrid", "w4a16", _ours("w4a16", "hybrid", "adadim", "gptq")),
+    Row("ours w4a4 GPTQ AdaDim, rotate", "w4a4", _ours("w4a4", "rotate", "adadim", "gptq")),
+    Row(
+        "ours w4a4 GPTQ AdaDim, hybrid-online",
+        "w4a4",
+        _ours("w4a4", "hybrid-online", "adadim", "gptq"),
+    ),
+    Row("ORT MatMulNBits HQQ b128 (asym), acc 0", "w4a16", _peer(PeerAlgorithm.HQQ, 0)),
+]
+
+
+def _measure(row: Row, model_dir: Path, eval_config: EvalConfig) -> dict[str, Any]:
+    t = time.perf_counter()
+    result: dict[str, Any] = {"row": row.name, "bits": row.bits}
+    plain = evaluate_dir(model_dir, eval_config, progress=False)
+    result.update(ppl=plain["ppl"], size_bytes=model_bytes(model_dir))
+    if row.prompt_eval:
+        prompt = len(system_prompt_ids(load_tokenizer(model_dir)))
+        kv = row.bits.endswith("kv4")
+        for p in (0, prompt) if kv else (None,):
+            key = "ppl_prompt" if p is None else f"ppl_prompt_P{p}"
+            run = evaluate_dir(
+                model_dir, eval_config, progress=False, system_prompt=True, kv_prefix=p
+            )
+            result[key] = run["ppl"]
+        result["prompt_tokens"] = prompt
+    result["eval_seconds"] = round(time.perf_counter() - t, 1)
+    return result
+
+
+def _table(results: list[dict[str, Any]]) -> str:
+    fp = results[0]["ppl"]
+    lines = [
+        "| row | bits | perplexity | × fp32 | size MB | with system prompt |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        prompt = ", ".join(
+            f"{k.removeprefix('ppl_prompt_').removeprefix('ppl_prompt') or 'fp'} {v:.3f}"
+            for k, v in r.items()
+            if k.startswith("ppl_prompt")
+        )
+        lines.append(
+            f"| {r['row']} | {r['bits']} | {r['ppl']:.3f} | {r['ppl'] / fp:.3f} | "
+            f"{r['size_bytes'] / 1e6:.0f} | {prompt} |"
+        )
+    return "\n".join(lines)
+
+
+def run(out: Path, onnx_dir: Path | None, rows: list[Row], eval_config: EvalConfig) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-quality-", dir=out))
+    if onnx_dir is None:
+        onnx_dir = work / "fp32"
+        export_model(resolve_source(None), onnx_dir, ExportConfig())
+    results = []
+    for i, row in enumerate(rows):
+        t = time.perf_counter()
+        model_dir = (
+            onnx_dir if row.build is None else row.build(onnx_dir, work / f"row{i}", work / "cache")
+        )
+        result = _measure(row, model_dir, eval_config)
+        result["build_seconds"] = round(time.perf_counter() - t - result["eval_seconds"], 1)
+        results.append(result)
+        print(json.dumps(result), file=sys.stderr, flush=True)
+        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-o", "--output", type=Path, default=Path("out/bench_quality"))
+    parser.add_argument("--onnx", type=Path, help="reuse an export of the default model")
+    parser.add_argument("--only", action="append", default=[], help="rows whose name contains this")
+    parser.add_argument("--windows", type=int, default=8)
+    args = parser.parse_args(argv)
+    rows = [ROWS[0]] + [r for r in ROWS[1:] if not args.only or any(s in r.name for s in args.only)]
+    results = run(args.output, args.onnx, rows, EvalConfig(windows=args.windows))
+    table = _table(results)
+    (args.output / "results.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
