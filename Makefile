@@ -19,10 +19,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 demo: setup
 	$(BIN)/smoothrot -v export -o $(OUT)/smollm2-fp32
-	$(BIN)/smoothrot -v compile --onnx $(OUT)/smollm2-fp32 --recipe fp-hybrid -o $(OUT)/smollm2-fp-hybrid
-	$(BIN)/smoothrot eval $(OUT)/smollm2-fp32
-	$(BIN)/smoothrot eval $(OUT)/smollm2-fp-hybrid
-	$(BIN)/smoothrot generate $(OUT)/smollm2-fp-hybrid --prompt "$(PROMPT)" --max-new-tokens 32
+	$(BIN)/smoothrot -v compile --onnx $(OUT)/smollm2-fp32 --recipe w4a16 -o $(OUT)/smollm2-w4a16
+	head -n 14 $(OUT)/smollm2-w4a16/report.md
+	$(BIN)/smoothrot generate $(OUT)/smollm2-w4a16 --prompt "$(PROMPT)" --max-new-tokens 32
 
 lint: setup
 	$(BIN)/ruff check .

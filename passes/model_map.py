@@ -132,21 +132,6 @@ class DecoderLayer:
     up: Linear
     down: Linear
 
-    def site_groups(self) -> list[tuple[Site, str, list[Linear]]]:
-        """Each MatMul input site with a tag and the Linears that read it (q/k/v share one)."""
-        groups: list[tuple[Site, str, list[Linear]]] = []
-        for layer in self.layers:
-            i = layer.index
-            groups += [
-                (Site.QKV, f"layers.{i}.qkv", [layer.q, layer.k, layer.v]),
-                (Site.O_PROJ, f"layers.{i}.o_proj", [layer.o]),
-                (Site.GATE_UP, f"layers.{i}.gate_up", [layer.gate, layer.up]),
-                (Site.DOWN_PROJ, f"layers.{i}.down_proj", [layer.down]),
-            ]
-        if self.lm_head is not None:
-            groups.append((Site.LM_HEAD, "lm_head", [self.lm_head]))
-        return groups
-
     def linears(self) -> list[Linear]:
         return [self.q, self.k, self.v, self.o, self.gate, self.up, self.down]
 

@@ -8,6 +8,11 @@ quantized entries, exactly as a deployment with a low-bit cache would. Entries a
 
     new := Where(position_ids < P, new, QDQ(new))
 
+With ``rotate`` (default), each head's vector is quantized in a Hadamard-rotated basis:
+``QDQ(new · H) · Hᵀ`` with ``H`` the normalized ``D × D`` Sylvester matrix. The rotation spreads a
+head's outlier dimensions over all of them (QuaRot's K/V rotation); a deployment stores
+``Q(new · H)`` and rotates the query instead, which gives the same attention scores.
+
 ``P`` is a graph input ``kv_fp_prefix`` (int64 scalar) whose initializer holds the compiled
 default, so a runtime may override it per request and others need not feed it. The graph is
 marked (metadata ``smoothrot.kv_quant``) and a marked graph is left alone.
@@ -24,6 +29,7 @@ from smoothrot.compiler.manifest import ModelDims
 from smoothrot.compiler.runner import KV_PREFIX_INPUT
 from smoothrot.passes._graph import new_initializer
 from smoothrot.passes._qdq import QuantBits, dynamic_qdq
+from smoothrot.passes.hadamard import rotation_factors
 from smoothrot.passes.model_map import ModelMapError
 
 __all__ = ["KV_PREFIX_INPUT", "KVQuantConfig", "KVQuantPass"]
@@ -35,6 +41,7 @@ _MARK = "smoothrot.kv_quant"
 class KVQuantConfig:
     bits: QuantBits = QuantBits.INT4
     keep_prefix: int = 0  # P: positions < P stay in the compute dtype
+    rotate: bool = True  # quantize each head in a Hadamard-rotated basis
 
     def __post_init__(self) -> None:
         if not isinstance(self.bits, QuantBits):
@@ -84,10 +91,26 @@ class KVQuantPass(ir.passes.InPlacePass):
         axes = new_initializer(graph, "kv_quant.axes", np.array([1, 3], np.int64))
         keep = ir.node("Unsqueeze", [less.outputs[0], axes], name="kv_quant.keep4d")
         graph.insert_before(first, [less, keep])
+        rot = rot_t = None
+        if self.config.rotate:
+            h = rotation_factors(self.dims.head_dim).dense.astype(np.float32)
+            rot = new_initializer(graph, "kv_quant.hadamard", h)
+            rot_t = new_initializer(graph, "kv_quant.hadamard_t", np.ascontiguousarray(h.T))
         for tag, concat in concats:
             new = concat.inputs[1]
             assert new is not None
-            q = dynamic_qdq(graph, new, self.config.bits, self.dims.head_dim, tag, _MARK, concat)
+            x, inserted = new, []
+            if rot is not None:
+                inserted.append(ir.node("MatMul", [new, rot], name=f"{tag}.rotate"))
+                x = inserted[-1].outputs[0]
+                graph.insert_before(concat, inserted[-1])
+            q = dynamic_qdq(graph, x, self.config.bits, self.dims.head_dim, tag, _MARK, concat)
+            if rot_t is not None:
+                inserted.append(ir.node("MatMul", [q, rot_t], name=f"{tag}.unrotate"))
+                q = inserted[-1].outputs[0]
+                graph.insert_before(concat, inserted[-1])
+            for node in inserted:
+                node.metadata_props[_MARK] = "hadamard"
             where = ir.node("Where", [keep.outputs[0], new, q], name=f"{tag}.keep_prompt")
             where.metadata_props[_MARK] = f"prompt<{KV_PREFIX_INPUT}"
             graph.insert_before(concat, where)

@@ -81,12 +81,14 @@ ROWS: list[Row] = [
         "ours w4a8 (recipe: GPTQ AdaDim, rotate)", "w4a8", _ours("w4a8", "rotate", "adadim", "gptq")
     ),
     Row(
-        "ours w4a4 (recipe: GPTQ AdaDim, hybrid)", "w4a4", _ours("w4a4", "hybrid", "adadim", "gptq")
+        "ours w4a4 (recipe: GPTQ AdaDim, hybrid-online)",
+        "w4a4",
+        _ours("w4a4", "hybrid-online", "adadim", "gptq"),
     ),
     Row(
-        "ours w4a4kv4 (recipe: GPTQ AdaDim, hybrid)",
+        "ours w4a4kv4 (recipe: GPTQ AdaDim, hybrid-online)",
         "w4a4kv4",
-        _ours("w4a4kv4", "hybrid", "adadim", "gptq"),
+        _ours("w4a4kv4", "hybrid-online", "adadim", "gptq"),
         prompt_eval=True,
     ),
     Row("ours w4a16 RTN per-OC, rotate", "w4a16", _ours("w4a16", "rotate", "per-oc", "rtn")),
@@ -98,11 +100,7 @@ ROWS: list[Row] = [
     Row("ours w4a16 GPTQ AdaDim, smooth", "w4a16", _ours("w4a16", "smooth", "adadim", "gptq")),
     Row("ours w4a16 GPTQ AdaDim, hybrid", "w4a16", _ours("w4a16", "hybrid", "adadim", "gptq")),
     Row("ours w4a4 GPTQ AdaDim, rotate", "w4a4", _ours("w4a4", "rotate", "adadim", "gptq")),
-    Row(
-        "ours w4a4 GPTQ AdaDim, hybrid-online",
-        "w4a4",
-        _ours("w4a4", "hybrid-online", "adadim", "gptq"),
-    ),
+    Row("ours w4a4 GPTQ AdaDim, hybrid (fused)", "w4a4", _ours("w4a4", "hybrid", "adadim", "gptq")),
     Row("ORT MatMulNBits HQQ b128 (asym), acc 0", "w4a16", _peer(PeerAlgorithm.HQQ, 0)),
 ]
 
@@ -145,18 +143,23 @@ def _table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run(out: Path, onnx_dir: Path | None, rows: list[Row], eval_config: EvalConfig) -> list[dict]:
+def run(
+    out: Path,
+    onnx_dir: Path | None,
+    rows: list[Row],
+    eval_config: EvalConfig,
+    cache: Path | None = None,
+) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-quality-", dir=out))
+    cache = cache or work / "cache"
     if onnx_dir is None:
         onnx_dir = work / "fp32"
         export_model(resolve_source(None), onnx_dir, ExportConfig())
     results = []
     for i, row in enumerate(rows):
         t = time.perf_counter()
-        model_dir = (
-            onnx_dir if row.build is None else row.build(onnx_dir, work / f"row{i}", work / "cache")
-        )
+        model_dir = onnx_dir if row.build is None else row.build(onnx_dir, work / f"row{i}", cache)
         result = _measure(row, model_dir, eval_config)
         result["build_seconds"] = round(time.perf_counter() - t - result["eval_seconds"], 1)
         results.append(result)
@@ -171,9 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--onnx", type=Path, help="reuse an export of the default model")
     parser.add_argument("--only", action="append", default=[], help="rows whose name contains this")
     parser.add_argument("--windows", type=int, default=8)
+    parser.add_argument(
+        "--cache", type=Path, help="reuse calibration statistics of an earlier run (same export)"
+    )
     args = parser.parse_args(argv)
     rows = [ROWS[0]] + [r for r in ROWS[1:] if not args.only or any(s in r.name for s in args.only)]
-    results = run(args.output, args.onnx, rows, EvalConfig(windows=args.windows))
+    results = run(args.output, args.onnx, rows, EvalConfig(windows=args.windows), args.cache)
     table = _table(results)
     (args.output / "results.md").write_text(table + "\n")
     print(table)

@@ -53,6 +53,19 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seq", type=int, default=512, help="window length in tokens")
     p.add_argument("--windows", type=int, default=8, help="number of non-overlapping windows")
+    p.add_argument(
+        "--system-prompt", action="store_true", help="put the chat system turn before every window"
+    )
+    p.add_argument(
+        "--kv-prefix", type=int, metavar="P", help="override a quantized KV cache's kept prefix P"
+    )
+    p.add_argument(
+        "--accuracy-level",
+        type=int,
+        default=0,
+        choices=range(5),
+        help="ORT MatMulNBits accuracy level for fused DQ+MatMul (0 = the QDQ graph as written)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_run_eval)
 
@@ -62,7 +75,15 @@ def _run_eval(args: argparse.Namespace) -> int:
     from smoothrot.compiler.evaluate import evaluate_dir
 
     config = EvalConfig(seq=args.seq, windows=args.windows)
-    result = evaluate_dir(args.model_dir, config, args.text, progress=not args.json)
+    result = evaluate_dir(
+        args.model_dir,
+        config,
+        args.text,
+        progress=not args.json,
+        system_prompt=args.system_prompt,
+        kv_prefix=args.kv_prefix,
+        accuracy_level=args.accuracy_level,
+    )
     if args.json:
         print(json.dumps(result))
     else:

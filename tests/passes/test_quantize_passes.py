@@ -15,6 +15,7 @@ from smoothrot.compiler.pipeline import layer_lookup
 from smoothrot.compiler.runner import OrtDecoder
 from smoothrot.passes._qdq import QuantBits, dynamic_qdq, dynamic_qdq_reference
 from smoothrot.passes.fold_norm import FoldNormGammaPass
+from smoothrot.passes.hadamard import rotation_factors
 from smoothrot.passes.int4 import Grouping
 from smoothrot.passes.model_map import ModelMapError, build_model_map
 from smoothrot.passes.quantize_activations import ActQuantConfig, ActQuantPass
@@ -138,9 +139,10 @@ def test_kv_pass_keeps_the_prompt_positions_and_quantizes_the_rest(llama, tmp_pa
     logits, present = decoder.forward(IDS)
     key0, fp_key0 = present[0], fp_present[0]  # layer 0 key: computed before any quantization
     np.testing.assert_array_equal(key0[:, :, :8], fp_key0[:, :, :8])
-    np.testing.assert_allclose(
-        key0[:, :, 8:], dynamic_qdq_reference(fp_key0[:, :, 8:], QuantBits.INT4), atol=1e-6
-    )
+    h = rotation_factors(manifest.dims.head_dim).dense.astype(np.float32)
+    rotated = dynamic_qdq_reference(fp_key0[:, :, 8:] @ h, QuantBits.INT4) @ h.T
+    np.testing.assert_allclose(key0[:, :, 8:], rotated, atol=1e-5)
+    assert not np.allclose(key0[:, :, 8:], fp_key0[:, :, 8:], atol=1e-3)  # really quantized
     assert not np.allclose(logits, fp_logits, atol=1e-3)
     # P is a runtime input with the compiled default: a larger P keeps the whole prompt.
     feeds = {

@@ -20,7 +20,7 @@ def test_w4a4kv4_compile_writes_model_report_and_runs(capsys, tmp_path, tiny_exp
     printed = capsys.readouterr().out
     assert "perplexity" in printed and "report.md" in printed
     report = json.loads((out / "report.json").read_text())
-    assert report["transform"] == "hybrid" and report["config"]["kv_prefix"] == 4
+    assert report["transform"] == "hybrid-online" and report["config"]["kv_prefix"] == 4
     assert len(report["layers"]) == 14  # 2 layers x 7 Linears; lm_head kept fp32
     assert sum(report["grouping_counts"].values()) == 14
     assert all(np.isfinite(lay["snr_db"]) for lay in report["layers"])
@@ -42,6 +42,7 @@ def test_compile_bad_input_leaves_nothing(capsys, tmp_path, tiny_export):
     _fails_cleanly(capsys, base + ["--group-size", "48", "--grouping", "per-oc"], "q_proj [64, 64]")
     _fails_cleanly(capsys, base + ["--calibration-tokens", "100"], "calibration tokens")
     _fails_cleanly(capsys, base + ["--kv-prefix", "-1"], "P must be >= 0")
+    _fails_cleanly(capsys, base + ["--calibration-tokens", "9000000"], "calibration text too short")
     with pytest.raises(SystemExit) as exc:
         main(["compile", "--onnx", model, "--recipe", "w3a3", "-o", str(tmp_path / "o")])
     assert exc.value.code == 2

@@ -1,0 +1,23 @@
+"""The w4a16 recipe on the real default model meets its target: perplexity <= 1.10 x fp32."""
+
+import json
+
+import pytest
+
+from smoothrot.compiler.pipeline import CompileConfig, compile_model
+from smoothrot.compiler.recipes import Recipe
+
+
+@pytest.mark.slow
+def test_w4a16_recipe_on_the_default_model(default_export, tmp_path):
+    out = tmp_path / "w4a16"
+    report = compile_model(out, CompileConfig(Recipe.W4A16), onnx_dir=default_export)
+    ppl = report["perplexity"]
+    assert abs(ppl["before"] - 14.705) < 0.01  # the fp32 reference of the README
+    assert ppl["ratio"] <= 1.10, ppl
+    assert report["transform"] == "rotate"
+    layers = report["layers"]
+    assert len(layers) == 30 * 7 and set(report["grouping_counts"]) == {"per-oc", "per-ic"}
+    assert all(lay["errors"][lay["grouping"]] == min(lay["errors"].values()) for lay in layers)
+    assert report["size_bytes"]["output"] < 0.5 * report["size_bytes"]["input"]
+    assert json.loads((out / "report.json").read_text())["perplexity"] == ppl
