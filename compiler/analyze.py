@@ -56,7 +56,7 @@ from smoothrot.compiler.manifest import Manifest, load_manifest
 from smoothrot.compiler.outdir import atomic_output_dir, check_output_dir
 from smoothrot.compiler.sources import resolve_source
 from smoothrot.passes.hadamard import rotation_factors
-from smoothrot.passes.smooth import smoothing_scales
+from smoothrot.passes.smooth import gqa_tied_scales, smoothing_scales
 
 __all__ = [
     "AnalyzeConfig",
@@ -166,9 +166,8 @@ def group_scales(
     w = np.max([np.abs(b).max(axis=1) for b in weights], axis=0)
     if tie is None:
         return smoothing_scales(act_absmax, w, alpha)
-    kv, group, d = tie
-    a, w = (v.reshape(kv, group, d).max(axis=1) for v in (np.asarray(act_absmax), w))
-    return np.repeat(smoothing_scales(a, w, alpha)[:, None, :], group, axis=1).reshape(-1)
+    kv, _, d = tie
+    return gqa_tied_scales(act_absmax, w, kv, d, alpha)[1]
 
 
 def transform_pair(

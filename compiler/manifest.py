@@ -13,11 +13,21 @@ from typing import Any
 
 from smoothrot.compiler.errors import SmoothrotError
 
-__all__ = ["MANIFEST_NAME", "MANIFEST_VERSION", "ModelDims", "Manifest", "load_manifest"]
+__all__ = [
+    "KV_PREFIX_INPUT",
+    "MANIFEST_NAME",
+    "MANIFEST_VERSION",
+    "ModelDims",
+    "Manifest",
+    "load_manifest",
+]
 
 MANIFEST_NAME = "smoothrot.json"
 MANIFEST_VERSION = 1
 MODEL_FILE = "model.onnx"
+# Optional graph input (int64 scalar, an overridable initializer) of models with a quantized KV
+# cache: positions below it keep fp K/V (BiSup's P). Written by passes/quantize_kv.py.
+KV_PREFIX_INPUT = "kv_fp_prefix"
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,15 @@ from smoothrot.passes.quantize_weights import (
 from smoothrot.passes.residual_rotation import ResidualRotationPass
 from smoothrot.passes.smooth import SmoothConfig, SmoothPass
 
-__all__ = ["CompileConfig", "Recipe", "Transform", "compile_model", "exact_passes"]
+__all__ = [
+    "CompileConfig",
+    "Recipe",
+    "Transform",
+    "compile_model",
+    "exact_passes",
+    "layer_lookup",
+    "write_model_dir",
+]
 
 log = logging.getLogger("smoothrot.pipeline")
 DOWN_ONLY = frozenset({Site.DOWN_PROJ})
@@ -150,7 +158,11 @@ class _Stages:
         return result
 
 
-def _save_dir(graph: ir.Model, source: Path, manifest: Manifest, out: Path, stages) -> None:
+def write_model_dir(
+    graph: ir.Model, source: Path, manifest: Manifest, out: Path, stages: list[dict[str, Any]]
+) -> None:
+    """A complete model directory: the graph (+ external data), ``source``'s tokenizer files and
+    its manifest with ``stages`` appended."""
     save_model(graph, out)
     for f in COPIED_FILES:
         if (source / f).is_file():
@@ -202,7 +214,7 @@ def compile_model(
             if not (cal1 / "index.json").is_file():
                 transformed = work / "transformed"
                 transformed.mkdir()
-                _save_dir(graph, onnx_dir, manifest, transformed, [])
+                write_model_dir(graph, onnx_dir, manifest, transformed, [])
                 cal = CalibrationConfig(tokens=tokens, hessian=True)
                 stages.timed("calibrate_hessians", lambda: calibrate_dir(transformed, cal, cal1))
             hessian = layer_lookup(cal1, manifest, "hessian")
@@ -210,7 +222,7 @@ def compile_model(
         for name, p in quant:
             _run_pass(stages, name, p, graph, dumps, config)
         with atomic_output_dir(out) as result:
-            _save_dir(graph, onnx_dir, manifest, result, stages.rows)
+            write_model_dir(graph, onnx_dir, manifest, result, stages.rows)
             if dumps.exists():
                 shutil.copytree(dumps, result / "dumps")
             layers = [r for _, p in quant if isinstance(p, WeightQuantPass) for r in p.results]

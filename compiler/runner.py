@@ -10,9 +10,7 @@ import onnxruntime as ort
 
 from smoothrot.compiler.config import DType
 from smoothrot.compiler.errors import SmoothrotError
-from smoothrot.compiler.manifest import Manifest, load_manifest
-
-KV_PREFIX_INPUT = "kv_fp_prefix"  # written by passes/quantize_kv.py
+from smoothrot.compiler.manifest import KV_PREFIX_INPUT, Manifest, load_manifest
 
 __all__ = ["EXACT_ACCURACY_LEVEL", "OrtDecoder", "empty_cache", "load_tokenizer", "session_options"]
 

@@ -26,7 +26,6 @@ __all__ = [
     "QMIN",
     "Grouping",
     "QuantizedWeight",
-    "clip_units",
     "fit_group_size",
     "group_absmax",
     "group_scales",
@@ -83,11 +82,6 @@ def group_absmax(b: np.ndarray, grouping: Grouping, block: int) -> np.ndarray:
     if grouping is Grouping.PER_OC:
         return a.reshape(k // block, block, n).max(axis=1)
     return a.reshape(k, n // block, block).max(axis=2)
-
-
-def clip_units(grouping: Grouping, n: int, block: int) -> int:
-    """How many independent clipping ratios a layer has (columns, or column blocks)."""
-    return n if grouping is Grouping.PER_OC else n // block
 
 
 def _clip_per_scale(clip: np.ndarray | float, grouping: Grouping, block: int) -> np.ndarray:

@@ -25,8 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from smoothrot.compiler.manifest import ModelDims
-from smoothrot.compiler.runner import KV_PREFIX_INPUT
+from smoothrot.compiler.manifest import KV_PREFIX_INPUT, ModelDims
 from smoothrot.passes._graph import new_initializer
 from smoothrot.passes._qdq import QuantBits, dynamic_qdq
 from smoothrot.passes.hadamard import rotation_factors

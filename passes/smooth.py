@@ -28,7 +28,7 @@ from smoothrot.compiler.manifest import ModelDims
 from smoothrot.passes._graph import constant_array, transform_constant
 from smoothrot.passes.model_map import LAYER_SITES, Linear, Norm, Site, build_model_map
 
-__all__ = ["SmoothConfig", "SmoothPass", "smoothing_scales"]
+__all__ = ["SmoothConfig", "SmoothPass", "gqa_tied_scales", "smoothing_scales"]
 
 _MARK = "smoothrot.smoothed"
 AbsMax = Callable[[Linear], np.ndarray]  # per-channel max |x| at a Linear's input
@@ -76,12 +76,17 @@ def _smooth_norm(norm: Norm, linears: list[Linear], absmax: np.ndarray, alpha: f
         _scale_rows(lin, s)
 
 
-def _gqa_scales(o: Linear, absmax: np.ndarray, dims: ModelDims, alpha: float) -> np.ndarray:
-    """``s`` for o's input channels, tied across the query heads that share a KV head."""
-    group, d = dims.heads // dims.kv_heads, dims.head_dim
-    a = absmax.reshape(dims.kv_heads, group, d).max(axis=1)
-    w = np.abs(constant_array(o.weight)).max(axis=1).reshape(dims.kv_heads, group, d).max(axis=1)
-    return smoothing_scales(a, w, alpha).reshape(-1)  # [kv_heads * D], v's output channels
+def gqa_tied_scales(
+    act_absmax: np.ndarray, weight_absmax: np.ndarray, kv_heads: int, head_dim: int, alpha: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """o_proj's ``s`` tied across the query heads that share a KV head: returns ``(s_v, s_o)``,
+    ``s_v [kv_heads·D]`` for v_proj's output channels and ``s_o [heads·D]`` (``s_v`` repeated
+    per query head) for o_proj's input rows. Inputs are per o-input-channel maxima."""
+    a, w = np.asarray(act_absmax), np.asarray(weight_absmax)
+    group = a.shape[0] // (kv_heads * head_dim)
+    a, w = (v.reshape(kv_heads, group, head_dim).max(axis=1) for v in (a, w))
+    s_v = smoothing_scales(a, w, alpha)
+    return s_v.reshape(-1), np.repeat(s_v[:, None, :], group, axis=1).reshape(-1)
 
 
 class SmoothPass(ir.passes.InPlacePass):
@@ -104,9 +109,10 @@ class SmoothPass(ir.passes.InPlacePass):
                 mlp = [layer.gate, layer.up]
                 _smooth_norm(layer.mlp_norm, mlp, self.absmax(layer.gate), alpha)
             if Site.O_PROJ in sites:
-                s_v = _gqa_scales(layer.o, self.absmax(layer.o), self.dims, alpha)
-                group = self.dims.heads // self.dims.kv_heads
-                s_o = np.repeat(s_v.reshape(self.dims.kv_heads, 1, -1), group, axis=1).reshape(-1)
+                w_o = _row_absmax([layer.o])
+                s_v, s_o = gqa_tied_scales(
+                    self.absmax(layer.o), w_o, self.dims.kv_heads, self.dims.head_dim, alpha
+                )
                 _scale_columns(layer.v, 1.0 / s_v)
                 _scale_rows(layer.o, s_o)
             if Site.DOWN_PROJ in sites:

@@ -7,8 +7,7 @@ peer is evaluated by exactly the same code, text and protocol as our recipes.
 from __future__ import annotations
 
 import enum
-import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -16,7 +15,7 @@ import onnx_ir as ir
 
 from smoothrot.compiler.manifest import load_manifest
 from smoothrot.compiler.outdir import atomic_output_dir
-from smoothrot.compiler.pipeline import COPIED_FILES
+from smoothrot.compiler.pipeline import write_model_dir
 from smoothrot.passes.model_map import build_model_map
 
 __all__ = ["PeerAlgorithm", "PeerConfig", "quantize_with_ort"]
@@ -62,22 +61,17 @@ def quantize_with_ort(source: Path, out: Path, config: PeerConfig) -> Path:
     )
     quantizer.process()
     result = quantizer.model.model
-    if config.algorithm is PeerAlgorithm.HQQ:  # HQQ config carries no accuracy level
-        for node in result.graph.node:
-            if node.op_type == "MatMulNBits":
-                for attr in node.attribute:
-                    if attr.name == "accuracy_level":
-                        attr.i = config.accuracy_level
+    # HQQ's config carries no accuracy level, and RTN leaves the attribute out at 0: state it
+    # on every node so the shipped level is read from the graph, not from ORT's default.
+    for node in result.graph.node:
+        if node.op_type == "MatMulNBits":
+            kept = [a for a in node.attribute if a.name != "accuracy_level"]
+            del node.attribute[:]
+            node.attribute.extend(kept)
+            node.attribute.append(
+                onnx.helper.make_attribute("accuracy_level", config.accuracy_level)
+            )
+    stage = {"stage": f"ort_matmulnbits_{config.algorithm.value}", "seconds": 0.0}
     with atomic_output_dir(out) as tmp:
-        onnx.save(
-            result,
-            str(tmp / manifest.model_file),
-            save_as_external_data=True,
-            location=f"{manifest.model_file}.data",
-        )
-        for f in COPIED_FILES:
-            if (source / f).is_file():
-                shutil.copy(source / f, tmp / f)
-        stage = {"stage": f"ort_matmulnbits_{config.algorithm.value}", "seconds": 0.0}
-        replace(manifest, stages=manifest.stages + [stage]).save(tmp)
+        write_model_dir(ir.serde.deserialize_model(result), source, manifest, tmp, [stage])
     return out
