@@ -23,7 +23,7 @@ from smoothrot.compiler.evaluate import evaluate_dir
 from smoothrot.compiler.manifest import load_manifest
 from smoothrot.compiler.runner import OrtDecoder, load_tokenizer
 
-__all__ = ["jsonable", "model_bytes", "write_report"]
+__all__ = ["jsonable", "logits_probe", "model_bytes", "write_report"]
 
 PROBE_TOKENS = 128
 
@@ -48,7 +48,8 @@ def model_bytes(directory: Path) -> int:
     return sum(p.stat().st_size for p in Path(directory).glob(f"{m}*") if p.is_file())
 
 
-def _probe(source: Path, result: Path) -> dict[str, Any]:
+def logits_probe(source: Path, result: Path) -> dict[str, Any]:
+    """Logits of ``result`` vs ``source`` on the first 128 evaluation tokens."""
     ids = load_tokenizer(source).encode(corpus_part(CorpusPart.EVALUATION)[:4000])
     ids = np.asarray([ids[:PROBE_TOKENS]], np.int64)
     ref, _ = OrtDecoder(source).forward(ids)
@@ -72,7 +73,7 @@ def write_report(
         "recipe": recipe.value,
         "transform": config.transform_used.value,
         "config": jsonable(config),
-        "logits": _probe(source, result),
+        "logits": logits_probe(source, result),
         "size_bytes": {"input": model_bytes(source), "output": model_bytes(result)},
         "stages": stages,
     }

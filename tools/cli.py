@@ -14,6 +14,7 @@ from pathlib import Path
 
 from smoothrot.compiler.errors import SmoothrotError
 from smoothrot.tools.cli_compile import add_compile
+from smoothrot.tools.cli_deploy import add_bench, add_lower
 
 __all__ = ["main"]
 
@@ -168,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (
         _add_export,
         add_compile,
+        add_lower,
         _add_eval,
+        add_bench,
         _add_generate,
         _add_calibrate,
         _add_analyze,

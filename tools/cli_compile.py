@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from smoothrot.tools.cli_deploy import add_accuracy_level, print_lowering
+
 __all__ = ["add_compile"]
 
 _RECIPES = ["fp-smooth", "fp-rotate", "fp-hybrid", "w4a16", "w4a8", "w4a4", "w4a4kv4"]
@@ -57,6 +59,14 @@ def add_compile(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of any random rotation factor")
     p.add_argument("--no-eval", action="store_true", help="skip perplexity in the report")
     p.add_argument(
+        "--target",
+        choices=["qdq", "ort"],
+        default="qdq",
+        help="qdq: the portable INT4 QDQ graph; ort: also lowered to ONNX Runtime's fast CPU "
+        "form (as `smoothrot lower`; INT4 recipes only)",
+    )
+    add_accuracy_level(p)
+    p.add_argument(
         "--dump-after",
         action="append",
         default=[],
@@ -87,7 +97,10 @@ def _run_compile(args: argparse.Namespace) -> int:
         dump_after=tuple(args.dump_after),
         evaluate=not args.no_eval,
     )
-    report = compile_model(args.output, config, model=args.model, onnx_dir=args.onnx)
+    if args.target == "ort" and not config.recipe.spec.weights:
+        raise ValueError(f"--target ort needs an INT4 recipe; {args.recipe} has fp weights")
+    out = args.output.with_name(f".{args.output.name}.qdq") if args.target == "ort" else args.output
+    report = compile_model(out, config, model=args.model, onnx_dir=args.onnx)
     lg = report["logits"]
     print(
         f"compiled {args.recipe} (transform {report['transform']}) to {args.output}; logits vs "
@@ -98,4 +111,18 @@ def _run_compile(args: argparse.Namespace) -> int:
         print(f"perplexity {p['before']:.3f} -> {p['after']:.3f} (x{p['ratio']:.3f})")
     size = report["size_bytes"]
     print(f"model {size['input'] / 1e6:.0f} MB -> {size['output'] / 1e6:.0f} MB; see report.md")
+    if args.target == "ort":
+        _lower(out, args)
     return 0
+
+
+def _lower(qdq: Path, args: argparse.Namespace) -> None:
+    import shutil
+
+    from smoothrot.compiler.lower import LowerConfig, lower_model
+
+    config = LowerConfig(accuracy_level=args.accuracy_level, evaluate=not args.no_eval)
+    try:
+        print_lowering(lower_model(qdq, args.output, config), args.output)
+    finally:
+        shutil.rmtree(qdq, ignore_errors=True)

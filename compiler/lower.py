@@ -1,0 +1,168 @@
+"""``smoothrot lower`` (and ``compile --target ort``): a compiled QDQ model → ONNX Runtime's fast
+CPU form, with a report that proves the lowering and measures what the shipped level costs.
+
+``LowerToMatMulNBitsPass`` rewrites every INT4 QDQ MatMul (see ``passes/lower_ort.py``); online
+Hadamard nodes are already Kronecker-factored MatMuls and activation / KV QDQ stay standard
+ONNX nodes; ``NormDivPass`` puts the RMSNorms in the form ORT fuses.
+The report (``lowering.json`` + ``lowering.md``) holds:
+
+- **exactness**: logits of the lowering at accuracy level 0 vs the QDQ model (max |Δ|; the
+  only differences are fp32 summation order);
+- **the shipped level**: logits vs the QDQ model and perplexity of both (the QDQ model at level
+  0, its meaning), so the quality a user gets is the quality reported;
+- per-grouping layer counts, MatMulNBits block sizes, and every MatMul left as QDQ, by name.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+from smoothrot.compiler.config import EvalConfig
+from smoothrot.compiler.errors import SmoothrotError
+from smoothrot.compiler.evaluate import evaluate_dir
+from smoothrot.compiler.manifest import load_manifest
+from smoothrot.compiler.outdir import atomic_output_dir, check_output_dir
+from smoothrot.compiler.pipeline import write_model_dir
+from smoothrot.compiler.report import jsonable, logits_probe, model_bytes
+from smoothrot.passes.lower_ort import MS_DOMAIN, LowerToMatMulNBitsPass
+from smoothrot.passes.norm_div import NormDivPass
+
+__all__ = ["DEFAULT_ACCURACY_LEVEL", "LowerConfig", "lower_model"]
+
+# Level 4 (int8 activations per block inside MatMulNBits) is the fast CPU path: on this
+# project's 2-core AVX2 machine level 0 is slower than fp32 for the default model's layer shapes
+# (tools/bench_layer.py). Its quality is measured in every lowering report.
+DEFAULT_ACCURACY_LEVEL = 4
+COMPILE_REPORT_FILES = ("report.json", "report.md", "report_layers.png")
+
+
+@dataclass(frozen=True)
+class LowerConfig:
+    accuracy_level: int = DEFAULT_ACCURACY_LEVEL
+    evaluate: bool = True  # perplexity of the QDQ and the lowered model in the report
+
+    def __post_init__(self) -> None:
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise ValueError(f"accuracy level must be 0..4, got {self.accuracy_level}")
+
+
+def _lowered_graph(source: Path, level: int) -> tuple[ir.Model, LowerToMatMulNBitsPass]:
+    manifest = load_manifest(source)
+    model = ir.load(str(source / manifest.model_file))
+    if any(n.domain == MS_DOMAIN and n.op_type == "MatMulNBits" for n in model.graph):
+        raise SmoothrotError(f"{source} is already lowered (it has MatMulNBits nodes)")
+    lowering = LowerToMatMulNBitsPass(level)
+    lowering(model)
+    NormDivPass()(model)
+    if not lowering.lowered:
+        raise SmoothrotError(
+            f"{source} has no INT4 QDQ MatMul to lower; compile a w4* recipe first"
+        )
+    return model, lowering
+
+
+def _exactness(source: Path, work: Path) -> dict[str, Any]:
+    """Logits of the level-0 lowering vs the QDQ model (the proof that the rewrite is exact)."""
+    model, _ = _lowered_graph(source, 0)
+    exact = work / "level0"
+    exact.mkdir()
+    write_model_dir(model, source, load_manifest(source), exact, [])
+    return logits_probe(source, exact)
+
+
+def _report(
+    out: Path, source: Path, config: LowerConfig, lowering: LowerToMatMulNBitsPass, work: Path
+) -> dict[str, Any]:
+    counts = Counter(layer.grouping for layer in lowering.lowered)
+    report: dict[str, Any] = {
+        "accuracy_level": config.accuracy_level,
+        "layers": {
+            "lowered": len(lowering.lowered),
+            "by_grouping": dict(counts),
+            "matmulnbits_nodes": sum(layer.nodes for layer in lowering.lowered),
+            "block_sizes": dict(Counter(layer.block_size for layer in lowering.lowered)),
+            "left_as_qdq": lowering.skipped,
+        },
+        "exactness_level0": _exactness(source, work),
+        "shipped_vs_qdq": logits_probe(source, out),
+        "size_bytes": {"qdq": model_bytes(source), "lowered": model_bytes(out)},
+        "per_layer": jsonable(lowering.lowered),
+    }
+    if config.evaluate:
+        qdq = evaluate_dir(source, EvalConfig(), progress=False)
+        shipped = evaluate_dir(out, EvalConfig(), progress=False, accuracy_level=0)
+        report["perplexity"] = {
+            "qdq_level0": qdq["ppl"],
+            "lowered": shipped["ppl"],
+            "ratio": shipped["ppl"] / qdq["ppl"],
+            "text": qdq["text"],
+            "tokens": qdq["tokens"],
+        }
+    (out / "lowering.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "lowering.md").write_text(_markdown(report))
+    return report
+
+
+def _markdown(r: dict[str, Any]) -> str:
+    ex, sh, lay = r["exactness_level0"], r["shipped_vs_qdq"], r["layers"]
+    lines = [
+        f"# smoothrot lowering report: ONNX Runtime CPU, accuracy level {r['accuracy_level']}",
+        "",
+        f"Lowered {lay['lowered']} INT4 layers ({lay['by_grouping']}) into "
+        f"{lay['matmulnbits_nodes']} MatMulNBits nodes (block sizes {lay['block_sizes']}).",
+        f"Left as QDQ: {lay['left_as_qdq'] or 'none'}.",
+        "",
+        "| check (logits on {} tokens vs the QDQ model) | max abs diff | SNR dB | top-1 |".format(
+            ex["tokens"]
+        ),
+        "|---|---|---|---|",
+        f"| lowering at level 0 (exactness) | {ex['max_abs_logit_diff']:.3g} | "
+        f"{ex['logit_snr_db']:.1f} | {ex['top1_agreement']:.1%} |",
+        f"| shipped, level {r['accuracy_level']} | {sh['max_abs_logit_diff']:.3g} | "
+        f"{sh['logit_snr_db']:.1f} | {sh['top1_agreement']:.1%} |",
+        "",
+    ]
+    if "perplexity" in r:
+        p = r["perplexity"]
+        lines += [
+            f"Perplexity ({p['tokens']} tokens of the {p['text']}): QDQ model (level 0) "
+            f"{p['qdq_level0']:.3f}, lowered (level {r['accuracy_level']}) {p['lowered']:.3f}, "
+            f"ratio {p['ratio']:.4f}.",
+            "",
+        ]
+    size = r["size_bytes"]
+    lines.append(f"Model on disk: {size['qdq'] / 1e6:.1f} MB → {size['lowered'] / 1e6:.1f} MB.")
+    return "\n".join(lines) + "\n"
+
+
+def lower_model(source: Path, out: Path, config: LowerConfig = LowerConfig()) -> dict[str, Any]:
+    """Lower the QDQ model directory ``source`` into ``out`` (atomically) and report."""
+    check_output_dir(out)
+    if Path(out).resolve() == Path(source).resolve():
+        raise SmoothrotError("lower needs an output directory other than its input")
+    start = time.perf_counter()
+    model, lowering = _lowered_graph(source, config.accuracy_level)
+    stage = {
+        "stage": "lower_ort",
+        "seconds": 0.0,
+        "accuracy_level": config.accuracy_level,
+        "lowered": len(lowering.lowered),
+    }
+    manifest = load_manifest(source)
+    with atomic_output_dir(out) as tmp, tempfile.TemporaryDirectory(dir=tmp.parent) as work:
+        stage["seconds"] = round(time.perf_counter() - start, 1)
+        write_model_dir(model, source, manifest, tmp, [stage])
+        for name in COMPILE_REPORT_FILES:  # the compile report stays with the model it measured
+            if (source / name).is_file():
+                shutil.copy(source / name, tmp / name)
+        report = _report(tmp, source, config, lowering, Path(work))
+    return report

@@ -1,0 +1,201 @@
+"""Lower INT4 QDQ MatMuls to ONNX Runtime's ``MatMulNBits`` (domain ``com.microsoft``).
+
+Input pattern (what ``WeightQuantPass`` writes): ``MatMul(X, DequantizeLinear(q, scale))`` with
+``q`` an INT4 constant ``[K, N]``, ``scale`` a float32 constant, no zero point, ``axis`` 0 or 1.
+Any other MatMul reading an INT4 ``DequantizeLinear`` is reported by name in ``skipped`` and left
+as QDQ; nothing is guessed.
+
+``MatMulNBits(A, W, scales; K, N, bits=4, block_size=bs, accuracy_level)`` computes ``A · Wᵀ``
+with ``W [N, K]`` stored as 4-bit nibbles, two per byte (the lower ``k`` in the low nibble), and
+the implicit zero point 8 of an absent ``zero_points`` input: ``nibble = q + 8`` and
+``W[n, k] = (nibble − 8) · scales[n, k // bs]``; ``bs`` is a power of two in [16, 256], and ``K``
+is padded to whole blocks with ``q = 0``.
+
+- **per-OC** (axis 0, groups of ``g`` along K): ``bs`` is the largest power of two ≤ 256 that
+  divides ``g`` and each group's scale is repeated ``g / bs`` times. One node, the same values.
+- **per-IC** (axis 1, groups of ``g`` along N), which MatMulNBits cannot express (its scales
+  vary along K only per block): ``Y[..., cols_j] = (X ⊙ scale[:, j]) · q[:, cols_j]`` for each
+  of the ``N / g`` column groups ``j``. Each group is one ``Mul`` by the group's per-row scale
+  vector and one MatMulNBits with unit scales; one ``Concat`` joins the groups. The same sum,
+  rounded in a different order (``(x·s)·q`` instead of ``x·(q·s)``).
+- ``accuracy_level`` is written on every node: 0 computes in fp32 (the QDQ graph's meaning); 4
+  quantizes ``A`` to int8 per block of ``bs`` inside the kernel (faster on CPUs, lossy — the
+  compiler reports perplexity at the level it ships).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from smoothrot.passes._graph import constant_array, is_constant, new_initializer
+
+__all__ = [
+    "LOWERED_MARK",
+    "MS_DOMAIN",
+    "LowerToMatMulNBitsPass",
+    "LoweredLayer",
+    "matmulnbits_block",
+    "pack_matmulnbits",
+]
+
+MS_DOMAIN = "com.microsoft"
+LOWERED_MARK = "smoothrot.lowered"  # node metadata: "<grouping>:<group>:<bs>"
+UNIT_SCALE_BLOCK = 128  # per-IC groups: unit scales, so the block only sets A's int8 blocks
+
+
+def matmulnbits_block(length: int, cap: int = 256) -> int:
+    """The largest power of two in [16, ``cap``] that divides ``length`` (0 if none does)."""
+    bs = cap
+    while bs >= 16 and length % bs:
+        bs //= 2
+    return bs if bs >= 16 else 0
+
+
+def pack_matmulnbits(q: np.ndarray, block: int) -> np.ndarray:
+    """``q [K, N]`` (ints in [-8, 7]) → MatMulNBits' ``uint8 [N, ceil(K/block), block/2]``."""
+    k, n = q.shape
+    if q.min(initial=0) < -8 or q.max(initial=0) > 7:
+        raise ValueError("INT4 values must lie in [-8, 7]")
+    blocks = -(-k // block)
+    nibbles = np.full((n, blocks * block), 8, np.uint8)  # padding: nibble 8 = value 0
+    nibbles[:, :k] = (q.T.astype(np.int16) + 8).astype(np.uint8)
+    pairs = nibbles.reshape(n, blocks, block // 2, 2)
+    return (pairs[..., 0] | (pairs[..., 1] << 4)).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class LoweredLayer:
+    weight: str  # the dequantized weight's name (the layer's weight name in the manifest)
+    grouping: str  # "per-oc" | "per-ic"
+    group: int
+    block_size: int  # MatMulNBits block_size
+    nodes: int  # MatMulNBits nodes emitted for this layer
+
+
+def _matmulnbits(
+    graph: ir.Graph, a: ir.Value, q: np.ndarray, scales: np.ndarray, bs: int, level: int, tag: str
+) -> ir.Node:
+    k, n = q.shape
+    packed = new_initializer(graph, f"{tag}.nbits", pack_matmulnbits(q, bs))
+    s = new_initializer(graph, f"{tag}.nbits_scale", np.ascontiguousarray(scales, np.float32))
+    attrs = {"K": k, "N": n, "bits": 4, "block_size": bs, "accuracy_level": level}
+    return ir.node("MatMulNBits", [a, packed, s], attributes=attrs, domain=MS_DOMAIN, name=tag)
+
+
+def _lower_per_oc(graph, x, q, scale, group, level, tag) -> tuple[list[ir.Node], int]:
+    bs = matmulnbits_block(group)
+    if not bs:
+        raise ValueError(f"group {group} has no power-of-two block in [16, 256]")
+    scales = np.repeat(scale, group // bs, axis=0).T  # [K/g, N] → [N, K/bs]
+    return [_matmulnbits(graph, x, q, scales, bs, level, tag)], bs
+
+
+def _lower_per_ic(graph, x, q, scale, group, level, tag) -> tuple[list[ir.Node], int]:
+    k, n = q.shape
+    bs = matmulnbits_block(k, UNIT_SCALE_BLOCK) or UNIT_SCALE_BLOCK
+    ones = np.ones((group, -(-k // bs)), np.float32)
+    nodes: list[ir.Node] = []
+    outputs = []
+    for j in range(n // group):
+        s_j = new_initializer(graph, f"{tag}.g{j}.prescale", np.ascontiguousarray(scale[:, j]))
+        mul = ir.node("Mul", [x, s_j], name=f"{tag}.g{j}.prescale")
+        cols = q[:, j * group : (j + 1) * group]
+        mm = _matmulnbits(graph, mul.outputs[0], cols, ones, bs, level, f"{tag}.g{j}")
+        nodes += [mul, mm]
+        outputs.append(mm.outputs[0])
+    nodes.append(ir.node("Concat", outputs, attributes={"axis": -1}, name=f"{tag}.concat"))
+    return nodes, bs
+
+
+@dataclass
+class _Match:
+    matmul: ir.Node
+    dq: ir.Node
+    q: np.ndarray
+    scale: np.ndarray
+    axis: int
+    group: int
+
+
+def _match(matmul: ir.Node) -> _Match | str | None:
+    """The QDQ weight of ``matmul``; a problem string if it is INT4 but not our pattern."""
+    weight = matmul.inputs[1] if len(matmul.inputs) > 1 else None
+    dq = weight.producer() if weight is not None else None
+    if dq is None or dq.op_type != "DequantizeLinear" or not is_constant(dq.inputs[0]):
+        return None
+    q_value = dq.inputs[0]
+    if q_value.const_value.dtype != ir.DataType.INT4:  # type: ignore[union-attr]
+        return None
+    if len(dq.inputs) > 2 and dq.inputs[2] is not None:
+        return "has a zero point"
+    if not is_constant(dq.inputs[1]) or q_value.const_value.shape.rank() != 2:  # type: ignore[union-attr]
+        return "scale is not a constant, or the weight is not 2-D"
+    q = constant_array(q_value).astype(np.int8)
+    scale = constant_array(dq.inputs[1]).astype(np.float32)
+    axis = dq.attributes.get_int("axis", 1)
+    axis = axis + 2 if axis < 0 else axis
+    group = dq.attributes.get_int("block_size", 0)
+    k, n = q.shape
+    if axis not in (0, 1) or group <= 0 or q.shape[axis] % group:
+        return f"DequantizeLinear axis {axis}, block_size {group} is not a blocked INT4 weight"
+    expected = (k // group, n) if axis == 0 else (k, n // group)
+    if scale.shape != expected:
+        return f"scale {list(scale.shape)} does not block weight {list(q.shape)} on axis {axis}"
+    return _Match(matmul, dq, q, scale, axis, group)
+
+
+@dataclass
+class LowerToMatMulNBitsPass(ir.passes.InPlacePass):
+    """Every ``MatMul(X, INT4 DequantizeLinear)`` → MatMulNBits (see the module docstring)."""
+
+    accuracy_level: int = 0
+    lowered: list[LoweredLayer] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # MatMul name → why it stays QDQ
+
+    def __post_init__(self) -> None:
+        super().__init__()
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise ValueError(f"accuracy level must be 0..4, got {self.accuracy_level}")
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        for node in [n for n in graph if n.op_type == "MatMul" and n.domain == ""]:
+            found = _match(node)
+            if found is None:
+                continue
+            if isinstance(found, str):
+                self.skipped[node.name or "?"] = found
+                continue
+            self._lower(graph, found)
+        if self.lowered:
+            model.opset_imports.setdefault(MS_DOMAIN, 1)
+        return ir.passes.PassResult(model, modified=bool(self.lowered))
+
+    def _lower(self, graph: ir.Graph, m: _Match) -> None:
+        weight = m.dq.outputs[0]
+        tag = weight.name or m.matmul.name or "linear"
+        lower = _lower_per_oc if m.axis == 0 else _lower_per_ic
+        try:
+            nodes, bs = lower(
+                graph, m.matmul.inputs[0], m.q, m.scale, m.group, self.accuracy_level, tag
+            )
+        except ValueError as exc:
+            self.skipped[m.matmul.name or tag] = str(exc)
+            return
+        grouping = "per-oc" if m.axis == 0 else "per-ic"
+        for node in nodes:
+            node.metadata_props[LOWERED_MARK] = f"{grouping}:{m.group}:{bs}"
+        ir.convenience.replace_nodes_and_values(
+            graph, m.matmul, [m.matmul], nodes, [m.matmul.outputs[0]], [nodes[-1].outputs[0]]
+        )
+        if not weight.uses() and not weight.is_graph_output():
+            inputs = list(m.dq.inputs)  # removing the node detaches them
+            graph.remove(m.dq, safe=True)
+            for value in inputs:
+                if value is not None and not value.uses() and value.name in graph.initializers:
+                    graph.initializers.pop(value.name)
+        count = sum(n.op_type == "MatMulNBits" for n in nodes)
+        self.lowered.append(LoweredLayer(tag, grouping, m.group, bs, count))

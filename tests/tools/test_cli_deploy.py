@@ -1,0 +1,44 @@
+"""`smoothrot compile --target ort`, `lower` and `bench` on a tiny model, and their bad input."""
+
+import json
+
+import onnx
+
+from smoothrot.tools.cli import main
+from tests.tools.test_cli import _fails_cleanly
+
+
+def test_compile_target_ort_lowers_and_benches(capsys, tmp_path, tiny_export):
+    out = tmp_path / "ort"
+    argv = ["compile", "--onnx", str(tiny_export("llama")), "--recipe", "w4a8", "-o", str(out)]
+    argv += ["--group-size", "32", "--grouping", "per-ic", "--algorithm", "rtn"]
+    argv += ["--calibration-tokens", "1024", "--target", "ort", "--no-eval"]
+    assert main(argv) == 0
+    assert "lowered 14 layers" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ort"]  # no QDQ leftover
+    report = json.loads((out / "lowering.json").read_text())
+    assert report["accuracy_level"] == 4 and report["layers"]["by_grouping"] == {"per-ic": 14}
+    assert report["exactness_level0"]["max_abs_logit_diff"] < 1e-3
+    assert {"report.md", "lowering.md", "smoothrot.json"} <= {p.name for p in out.iterdir()}
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    levels = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute}
+    assert 4 in levels and not any(n.op_type == "Reciprocal" for n in graph.node)
+
+    bench = ["bench", str(out), "--runs", "2", "--prompt-tokens", "8", "--new-tokens", "4"]
+    assert main(bench + ["--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["decode_tokens_per_s"] > 0 and len(result["decode_runs"]) == 2
+    assert 0 < result["decode_weight_bytes"] < result["model_bytes"]
+    assert result["peak_rss_bytes"] > 0
+
+
+def test_lower_and_bench_bad_input(capsys, tmp_path, tiny_export):
+    fp32 = str(tiny_export("llama"))
+    out = tmp_path / "o"
+    _fails_cleanly(capsys, ["lower", fp32, "-o", str(out)], "no INT4 QDQ MatMul")
+    _fails_cleanly(capsys, ["lower", fp32, "-o", fp32], "other than its input")
+    _fails_cleanly(capsys, ["lower", str(tmp_path / "none"), "-o", str(out)], "does not exist")
+    target = ["compile", "--onnx", fp32, "--recipe", "fp-rotate", "--target", "ort"]
+    _fails_cleanly(capsys, target + ["-o", str(out)], "needs an INT4 recipe")
+    _fails_cleanly(capsys, ["bench", fp32, "--runs", "0"], "runs must be >= 1")
+    assert not out.exists()

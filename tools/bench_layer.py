@@ -1,0 +1,168 @@
+"""Micro-benchmark of one linear layer in ONNX Runtime on the CPU: fp32 vs INT4 per-OC vs per-IC.
+
+Each INT4 variant is built the way the compiler builds it — ``MatMul(X, DequantizeLinear(q, s))``
+written by ``quantize_rtn`` — and then lowered by ``LowerToMatMulNBitsPass``, so what is timed is
+exactly what ``smoothrot lower`` ships. Times are medians over ``--runs`` runs of ``--iters``
+calls each, all in this one process::
+
+    python -m smoothrot.tools.bench_layer --shapes 576x1536 4096x4096 --m 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import ml_dtypes
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+
+from smoothrot.passes.int4 import Grouping, fit_group_size, quantize_rtn
+from smoothrot.passes.lower_ort import LowerToMatMulNBitsPass
+
+__all__ = ["LayerTiming", "layer_model", "main", "time_layer"]
+
+
+@dataclass(frozen=True)
+class LayerTiming:
+    shape: str  # "KxN"
+    m: int
+    variant: str
+    accuracy_level: int | None
+    median_us: float
+    weight_bytes: int
+
+
+def layer_model(
+    k: int, n: int, grouping: Grouping | None, group: int, level: int, seed: int = 0
+) -> ir.Model:
+    """One ``Y = X · B`` layer: fp32 (``grouping`` None) or INT4 QDQ lowered to MatMulNBits."""
+    rng = np.random.default_rng(seed)
+    b = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+    x = ir.Value(name="x", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(["m", k]))
+    graph = ir.Graph([x], [], nodes=[], opset_imports={"": 21}, name="layer")
+    if grouping is None:
+        w = ir.Value(name="w", const_value=ir.tensor(b, name="w"))
+        graph.register_initializer(w)
+        weight = w
+    else:
+        qw = quantize_rtn(b, grouping, fit_group_size((k, n)[grouping.axis], group))
+        q = ir.Value(name="q", const_value=ir.tensor(qw.q.astype(ml_dtypes.int4), name="q"))
+        s = ir.Value(name="s", const_value=ir.tensor(qw.scale, name="s"))
+        graph.register_initializer(q)
+        graph.register_initializer(s)
+        attrs = {"axis": grouping.axis, "block_size": qw.block}
+        dq = ir.node("DequantizeLinear", [q, s], attributes=attrs, name="dq")
+        graph.append(dq)
+        weight = dq.outputs[0]
+    mm = ir.node("MatMul", [x, weight], name="matmul")
+    graph.append(mm)
+    mm.outputs[0].name = "y"
+    graph.outputs.append(mm.outputs[0])
+    model = ir.Model(graph, ir_version=10)
+    if grouping is not None:
+        lowering = LowerToMatMulNBitsPass(level)
+        lowering(model)
+        if len(lowering.lowered) != 1:
+            raise RuntimeError(f"the layer was not lowered: {lowering.skipped}")
+    return model
+
+
+def _weight_bytes(model: ir.Model) -> int:
+    return sum(v.const_value.nbytes for v in model.graph.initializers.values())  # type: ignore[union-attr]
+
+
+def time_layer(model: ir.Model, m: int, threads: int, runs: int, iters: int) -> float:
+    """Median microseconds per call over ``runs`` runs of ``iters`` calls."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    proto = ir.serde.serialize_model(model)
+    session = ort.InferenceSession(
+        proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    k = model.graph.inputs[0].shape[1]
+    feeds = {"x": np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)}
+    for _ in range(max(iters // 4, 3)):  # warm-up
+        session.run(None, feeds)
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        for _ in range(iters):
+            session.run(None, feeds)
+        samples.append((time.perf_counter() - start) / iters * 1e6)
+    return statistics.median(samples)
+
+
+VARIANTS: dict[str, Grouping | None] = {
+    "fp32": None,
+    "int4 per-OC": Grouping.PER_OC,
+    "int4 per-IC": Grouping.PER_IC,
+}
+
+
+def run(
+    shapes: list[tuple[int, int]], m: int, group: int, levels: list[int], threads: int, runs: int
+) -> list[LayerTiming]:
+    rows = []
+    for k, n in shapes:
+        iters = max(5, int(2e7 // (k * n)))
+        for name, grouping in VARIANTS.items():
+            for level in [None] if grouping is None else levels:
+                model = layer_model(k, n, grouping, group, level or 0)
+                us = time_layer(model, m, threads, runs, iters)
+                rows.append(LayerTiming(f"{k}x{n}", m, name, level, us, _weight_bytes(model)))
+    return rows
+
+
+def _table(rows: list[LayerTiming]) -> str:
+    lines = [
+        "| shape | M | variant | acc. level | median µs | × fp32 | per-IC / per-OC | weight MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        fp32 = next(x for x in rows if x.shape == r.shape and x.variant == "fp32")
+        oc = [
+            x
+            for x in rows
+            if x.shape == r.shape
+            and x.variant == "int4 per-OC"
+            and x.accuracy_level == r.accuracy_level
+        ]
+        ratio = f"{r.median_us / oc[0].median_us:.2f}" if r.variant == "int4 per-IC" else ""
+        level = "" if r.accuracy_level is None else str(r.accuracy_level)
+        lines.append(
+            f"| {r.shape} | {r.m} | {r.variant} | {level} | {r.median_us:.1f} | "
+            f"{fp32.median_us / r.median_us:.2f} | {ratio} | {r.weight_bytes / 1e6:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def _shape(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape must look like 576x1536, got {text!r}") from None
+    return k, n
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", type=_shape, nargs="+", default=[(576, 1536), (4096, 4096)])
+    parser.add_argument("--m", type=int, default=1, help="rows of X (1 = one decoded token)")
+    parser.add_argument("--group-size", type=int, default=128)
+    parser.add_argument("--accuracy-levels", type=int, nargs="+", default=[0, 4])
+    parser.add_argument("--threads", type=int, default=0, help="0 = ONNX Runtime's default")
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    rows = run(args.shapes, args.m, args.group_size, args.accuracy_levels, args.threads, args.runs)
+    print(json.dumps([asdict(r) for r in rows], indent=1) if args.json else _table(rows))
+
+
+if __name__ == "__main__":
+    main()
