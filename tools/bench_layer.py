@@ -24,7 +24,7 @@ import onnxruntime as ort
 from smoothrot.passes.int4 import Grouping, fit_group_size, quantize_rtn
 from smoothrot.passes.lower_ort import LowerToMatMulNBitsPass
 
-__all__ = ["LayerTiming", "layer_model", "main", "time_layer"]
+__all__ = ["LayerTiming", "layer_model", "layer_shape", "main", "table", "time_layer"]
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def run(
     return rows
 
 
-def _table(rows: list[LayerTiming]) -> str:
+def table(rows: list[LayerTiming]) -> str:
     lines = [
         "| shape | M | variant | acc. level | median µs | × fp32 | per-IC / per-OC | weight MB |",
         "|---|---|---|---|---|---|---|---|",
@@ -142,7 +142,7 @@ def _table(rows: list[LayerTiming]) -> str:
     return "\n".join(lines)
 
 
-def _shape(text: str) -> tuple[int, int]:
+def layer_shape(text: str) -> tuple[int, int]:
     try:
         k, n = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -152,7 +152,9 @@ def _shape(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", type=_shape, nargs="+", default=[(576, 1536), (4096, 4096)])
+    parser.add_argument(
+        "--shapes", type=layer_shape, nargs="+", default=[(576, 1536), (4096, 4096)]
+    )
     parser.add_argument("--m", type=int, default=1, help="rows of X (1 = one decoded token)")
     parser.add_argument("--group-size", type=int, default=128)
     parser.add_argument("--accuracy-levels", type=int, nargs="+", default=[0, 4])
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     rows = run(args.shapes, args.m, args.group_size, args.accuracy_levels, args.threads, args.runs)
-    print(json.dumps([asdict(r) for r in rows], indent=1) if args.json else _table(rows))
+    print(json.dumps([asdict(r) for r in rows], indent=1) if args.json else table(rows))
 
 
 if __name__ == "__main__":

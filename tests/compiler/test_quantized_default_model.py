@@ -1,9 +1,11 @@
-"""The w4a16 recipe on the real default model meets its target: perplexity <= 1.10 x fp32."""
+"""The w4a16 recipe on the real default model meets its target (perplexity <= 1.10 x fp32), and its
+ORT lowering is exact at level 0 and within 1 % in perplexity at the shipped level."""
 
 import json
 
 import pytest
 
+from smoothrot.compiler.lower import LowerConfig, lower_model
 from smoothrot.compiler.pipeline import CompileConfig, compile_model
 from smoothrot.compiler.recipes import Recipe
 
@@ -21,3 +23,10 @@ def test_w4a16_recipe_on_the_default_model(default_export, tmp_path):
     assert all(lay["errors"][lay["grouping"]] == min(lay["errors"].values()) for lay in layers)
     assert report["size_bytes"]["output"] < 0.5 * report["size_bytes"]["input"]
     assert json.loads((out / "report.json").read_text())["perplexity"] == ppl
+
+    lowered = lower_model(out, tmp_path / "ort", LowerConfig(accuracy_level=4))
+    assert lowered["layers"]["by_grouping"] == report["grouping_counts"]
+    assert not lowered["layers"]["left_as_qdq"]
+    assert lowered["exactness_level0"]["max_abs_logit_diff"] < 1e-3
+    assert abs(lowered["perplexity"]["qdq_level0"] - ppl["after"]) < 1e-9
+    assert abs(lowered["perplexity"]["ratio"] - 1) <= 0.01, lowered["perplexity"]

@@ -1,0 +1,218 @@
+"""Decode speed on this machine, side by side, in one run: fp32 vs ONNX Runtime's quantizer vs ours.
+
+Every model is built from the same fp32 export, lowered for ONNX Runtime where it is ours
+(``smoothrot lower``, accuracy level 4 unless ``--accuracy-level``), and benchmarked by
+``smoothrot bench`` in its own process (so each peak RSS is its own), with the same settings.
+Also measured in the same run: the machine's memory bandwidth (a large threaded copy) for the
+roofline, and the one-layer micro-benchmark of ``tools/bench_layer.py``::
+
+    python -m smoothrot.tools.bench_speed -o out/bench_speed --onnx out/smollm2-fp32 --cache DIR
+
+Rows built with RTN instead of GPTQ run exactly as fast as GPTQ ones (same format, same
+groupings); RTN only saves build time. Writes ``results.json``, ``results.md`` and
+``decode_speed.png`` into the output directory; ``--only`` re-runs some rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+from smoothrot.compiler.bench import memory_bandwidth
+from smoothrot.compiler.lower import LowerConfig, lower_model
+from smoothrot.compiler.manifest import load_manifest
+from smoothrot.compiler.outdir import atomic_output_dir
+from smoothrot.compiler.pipeline import CompileConfig, compile_model, write_model_dir
+from smoothrot.compiler.recipes import Recipe, Transform
+from smoothrot.passes.norm_div import NormDivPass
+from smoothrot.passes.quantize_weights import Algorithm, GroupingMode, WeightQuantConfig
+from smoothrot.tools.bench_layer import layer_shape
+from smoothrot.tools.bench_layer import run as bench_layers
+from smoothrot.tools.bench_layer import table as layer_table
+from smoothrot.tools.peer_ort import PeerConfig, quantize_with_ort
+
+__all__ = ["ROWS", "SpeedRow", "main", "parse_args", "run"]
+
+FP32, PEER = "fp32 export", "ORT MatMulNBitsQuantizer RTN b128 (lm_head fp32)"
+
+
+@dataclass(frozen=True)
+class SpeedRow:
+    name: str
+    recipe: Recipe | None = None  # None: not ours (fp32 or the peer)
+    transform: Transform | None = None
+    grouping: GroupingMode = GroupingMode.PER_OC
+    algorithm: Algorithm = Algorithm.RTN
+    peer_lm_head: bool = False
+    evaluate: bool = False  # perplexity in the lowering report (the shipped recipe's row)
+
+
+ROWS = [
+    SpeedRow(FP32),
+    SpeedRow("fp32, norms as Div (the lowering's graph rewrite only)"),
+    SpeedRow(PEER),
+    SpeedRow("ORT MatMulNBitsQuantizer RTN b128, lm_head INT4 too", peer_lm_head=True),
+    SpeedRow(
+        "ours w4a16 (shipped: GPTQ AdaDim, rotate)",
+        Recipe.W4A16,
+        grouping=GroupingMode.ADADIM,
+        algorithm=Algorithm.GPTQ,
+        evaluate=True,
+    ),
+    SpeedRow("ours w4a16 per-OC, rotate", Recipe.W4A16),
+    SpeedRow("ours w4a16 per-IC, rotate", Recipe.W4A16, grouping=GroupingMode.PER_IC),
+    SpeedRow("ours w4a16 per-OC, no online Hadamard", Recipe.W4A16, Transform.NONE),
+    SpeedRow("ours w4a16 per-OC, hybrid-online", Recipe.W4A16, Transform.HYBRID_ONLINE),
+    SpeedRow("ours w4a8 per-OC, rotate", Recipe.W4A8),
+]
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")[:60]
+
+
+def _build(row: SpeedRow, fp32: Path, dst: Path, cache: Path | None, level: int) -> Path:
+    if row.name == FP32:
+        return fp32
+    if (dst / "smoothrot.json").is_file():
+        return dst  # built by an earlier run of this benchmark
+    if row.recipe is None and row.name.startswith("fp32"):
+        model = ir.load(str(fp32 / "model.onnx"))
+        NormDivPass()(model)
+        with atomic_output_dir(dst) as tmp:
+            write_model_dir(model, fp32, load_manifest(fp32), tmp, [])
+        return dst
+    if row.recipe is None:
+        peer = PeerConfig(accuracy_level=level, lm_head=row.peer_lm_head)
+        return quantize_with_ort(fp32, dst, peer)
+    weights = WeightQuantConfig(grouping=row.grouping, algorithm=row.algorithm)
+    config = CompileConfig(row.recipe, row.transform, weights=weights, evaluate=row.evaluate)
+    qdq = dst.with_name(f"{dst.name}.qdq")
+    if not (qdq / "smoothrot.json").is_file():
+        compile_model(qdq, config, onnx_dir=fp32, cache=cache)
+    lower_model(qdq, dst, LowerConfig(accuracy_level=level, evaluate=row.evaluate))
+    shutil.rmtree(qdq)
+    return dst
+
+
+def _bench(model: Path, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "smoothrot.tools.cli", "bench", str(model), "--json"]
+    cmd += ["--runs", str(args.runs), "--prompt-tokens", str(args.prompt_tokens)]
+    cmd += ["--new-tokens", str(args.new_tokens), "--threads", str(args.threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"bench of {model} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout)
+
+
+def _table(results: list[dict[str, Any]], bandwidth: float) -> str:
+    by = {r["row"]: r for r in results}
+    fp32 = by.get(FP32, {}).get("decode_tokens_per_s")
+    peer = by.get(PEER, {}).get("decode_tokens_per_s")
+    lines = [
+        "| row | decode tok/s | × fp32 | × peer | prefill tok/s | peak RSS MiB | model MB "
+        "| MB read / token | roofline |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        d = r["decode_tokens_per_s"]
+        roof = r["decode_weight_bytes"] * d / bandwidth
+        lines.append(
+            f"| {r['row']} | {d:.2f} | {d / fp32 if fp32 else float('nan'):.2f} | "
+            f"{d / peer if peer else float('nan'):.2f} | {r['prefill_tokens_per_s']:.0f} | "
+            f"{r['peak_rss_bytes'] / 2**20:.0f} | {r['model_bytes'] / 1e6:.1f} | "
+            f"{r['decode_weight_bytes'] / 1e6:.1f} | {roof:.0%} |"
+        )
+    none = by.get("ours w4a16 per-OC, no online Hadamard")
+    for name in ("ours w4a16 per-OC, rotate", "ours w4a16 per-OC, hybrid-online"):
+        if none and name in by:
+            t, t0 = 1 / by[name]["decode_tokens_per_s"], 1 / none["decode_tokens_per_s"]
+            lines.append(f"\nOnline Hadamard share of decode time, {name}: {(t - t0) / t:.1%}")
+    return "\n".join(lines)
+
+
+def _plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(results) + 1.2))
+    names = [r["row"] for r in results][::-1]
+    speeds = [r["decode_tokens_per_s"] for r in results][::-1]
+    colors = ["tab:orange" if n.startswith("ours") else "tab:gray" for n in names]
+    ax.barh(names, speeds, color=colors)
+    ax.set_xlabel("decode tokens/s (batch 1, median)")
+    ax.set_title("SmolLM2-135M decode on this machine (orange: ours, lowered)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace, rows: list[SpeedRow]) -> list[dict[str, Any]]:
+    out: Path = args.output
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    results_file = out / "results.json"
+    old = json.loads(results_file.read_text())["rows"] if results_file.is_file() else []
+    results = [r for r in old if r["row"] not in {row.name for row in rows}]
+    for row in rows:
+        print(f"[bench_speed] {row.name}", flush=True)
+        model = _build(row, args.onnx, out / "models" / _slug(row.name), args.cache, args.level)
+        results.append({"row": row.name, **_bench(model, args)})
+    order = [row.name for row in ROWS]
+    results.sort(key=lambda r: order.index(r["row"]) if r["row"] in order else len(order))
+    bandwidth = statistics.median(memory_bandwidth() for _ in range(3))
+    layers = bench_layers(args.layer_shapes, 1, 128, [args.level], args.threads, 7)
+    payload = {
+        "rows": results,
+        "memory_bandwidth_bytes_per_s": bandwidth,
+        "layers": [asdict(r) for r in layers],
+        "settings": vars(args) | {"onnx": str(args.onnx), "output": str(out)},
+    }
+    results_file.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    text = (
+        _table(results, bandwidth)
+        + f"\n\nMemory bandwidth (threaded copy, read+write): {bandwidth / 1e9:.1f} GB/s.\n\n"
+        + layer_table(layers)
+        + "\n"
+    )
+    (out / "results.md").write_text(text)
+    _plot(results, out / "decode_speed.png")
+    print(text)
+    return results
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-o", "--output", type=Path, required=True)
+    parser.add_argument("--onnx", type=Path, required=True, help="the fp32 `smoothrot export`")
+    parser.add_argument("--cache", type=Path, help="calibration statistics reused between runs")
+    parser.add_argument("--level", type=int, default=4, help="MatMulNBits accuracy level")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument(
+        "--layer-shapes", type=layer_shape, nargs="+", default=[(576, 1536), (4096, 4096)]
+    )
+    parser.add_argument("--only", nargs="+", help="row names (substring match) to (re)run")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    rows = [r for r in ROWS if not args.only or any(s in r.name for s in args.only)]
+    run(args, rows)
+
+
+if __name__ == "__main__":
+    main()
