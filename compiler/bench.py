@@ -26,7 +26,13 @@ from smoothrot.compiler.manifest import load_manifest
 from smoothrot.compiler.report import model_bytes
 from smoothrot.compiler.runner import OrtDecoder
 
-__all__ = ["BenchConfig", "bench_dir", "decode_weight_bytes", "memory_bandwidth"]
+__all__ = [
+    "BenchConfig",
+    "bench_dir",
+    "decode_weight_bytes",
+    "memory_bandwidth",
+    "peak_rss_bytes",
+]
 
 
 @dataclass(frozen=True)
@@ -77,26 +83,40 @@ def _stored_bytes(init: onnx.TensorProto, size: int) -> int:
 
 
 def memory_bandwidth(megabytes: int = 256, threads: int = 2, repeats: int = 5) -> float:
-    """Bytes/s of a large array copy split over ``threads`` threads (read + write counted, as
-    STREAM's copy does); the best of ``repeats``."""
+    """Bytes/s of a large array copy (read + write counted, as STREAM's copy does): the best of
+    ``repeats`` copies with 1 to ``threads`` threads."""
     n = megabytes * 2**20 // 8
     src, dst = np.ones(n), np.empty(n)
-    chunks = np.array_split(np.arange(n), threads)
-    bounds = [(int(c[0]), int(c[-1]) + 1) for c in chunks]
 
     def copy(lo: int, hi: int) -> None:
         np.copyto(dst[lo:hi], src[lo:hi])  # numpy releases the GIL for large copies
 
     best = 0.0
-    for _ in range(repeats):
-        workers = [threading.Thread(target=copy, args=b) for b in bounds]
-        start = time.perf_counter()
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        best = max(best, 2 * src.nbytes / (time.perf_counter() - start))
+    for count in range(1, threads + 1):
+        edges = np.linspace(0, n, count + 1).astype(int)
+        for _ in range(repeats):
+            workers = [
+                threading.Thread(target=copy, args=(int(a), int(b)))
+                for a, b in zip(edges[:-1], edges[1:], strict=True)
+            ]
+            start = time.perf_counter()
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            best = max(best, 2 * src.nbytes / (time.perf_counter() - start))
     return best
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set. Linux's ``VmHWM`` belongs to the process image, whereas
+    ``ru_maxrss`` survives fork+exec and would report a large parent's peak in a child."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
 
 
 def _one_run(decoder: OrtDecoder, prompt: np.ndarray, new_tokens: int) -> tuple[float, float]:
@@ -125,7 +145,6 @@ def bench_dir(directory: Path, config: BenchConfig = BenchConfig()) -> dict[str,
         p, d = _one_run(decoder, prompt, config.new_tokens)
         prefill.append(config.prompt_tokens / p)
         decode.append(config.new_tokens / d)
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return {
         "model_dir": str(directory),
         "config": {k: getattr(config, k) for k in config.__dataclass_fields__},
@@ -134,7 +153,7 @@ def bench_dir(directory: Path, config: BenchConfig = BenchConfig()) -> dict[str,
         "decode_runs": decode,
         "prefill_runs": prefill,
         "load_seconds": load_seconds,
-        "peak_rss_bytes": int(rss_kib) * 1024,
+        "peak_rss_bytes": peak_rss_bytes(),
         "model_bytes": model_bytes(Path(directory)),
         "decode_weight_bytes": decode_weight_bytes(Path(directory)),
     }

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -170,7 +169,7 @@ def run(args: argparse.Namespace, rows: list[SpeedRow]) -> list[dict[str, Any]]:
         results.append({"row": row.name, **_bench(model, args)})
     order = [row.name for row in ROWS]
     results.sort(key=lambda r: order.index(r["row"]) if r["row"] in order else len(order))
-    bandwidth = statistics.median(memory_bandwidth() for _ in range(3))
+    bandwidth = max(memory_bandwidth() for _ in range(3))
     layers = bench_layers(args.layer_shapes, 1, 128, [args.level], args.threads, 7)
     payload = {
         "rows": results,
