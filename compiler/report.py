@@ -48,12 +48,13 @@ def model_bytes(directory: Path) -> int:
     return sum(p.stat().st_size for p in Path(directory).glob(f"{m}*") if p.is_file())
 
 
-def logits_probe(source: Path, result: Path) -> dict[str, Any]:
-    """Logits of ``result`` vs ``source`` on the first 128 evaluation tokens."""
+def logits_probe(source: Path, result: Path, optimize: bool = True) -> dict[str, Any]:
+    """Logits of ``result`` vs ``source`` on the first 128 evaluation tokens (``optimize``:
+    with ONNX Runtime's graph optimizations, else both graphs exactly as written)."""
     ids = load_tokenizer(source).encode(corpus_part(CorpusPart.EVALUATION)[:4000])
     ids = np.asarray([ids[:PROBE_TOKENS]], np.int64)
-    ref, _ = OrtDecoder(source).forward(ids)
-    ours, _ = OrtDecoder(result).forward(ids)
+    ref, _ = OrtDecoder(source, optimize=optimize).forward(ids)
+    ours, _ = OrtDecoder(result, optimize=optimize).forward(ids)
     noise = float(np.linalg.norm(ours - ref))
     snr = 20 * np.log10(np.linalg.norm(ref) / noise) if noise > 0 else float("inf")
     return {

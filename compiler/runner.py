@@ -46,10 +46,13 @@ class OrtDecoder:
         threads: int = 0,
         accuracy_level: int = EXACT_ACCURACY_LEVEL,
         kv_prefix: int | None = None,
+        optimize: bool = True,
     ) -> None:
         self.directory = Path(directory)
         self.manifest: Manifest = load_manifest(self.directory)
         options = session_options(accuracy_level)
+        if not optimize:  # ORT's QDQ fusions change a few roundings; off = the graph as written
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from smoothrot.compiler.errors import SmoothrotError
+from smoothrot.tools.cli_build import add_build
 from smoothrot.tools.cli_compile import add_compile
 from smoothrot.tools.cli_deploy import add_bench, add_lower
 
@@ -170,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_export,
         add_compile,
         add_lower,
+        add_build,
         _add_eval,
         add_bench,
         _add_generate,

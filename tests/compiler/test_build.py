@@ -1,0 +1,107 @@
+"""`smoothrot build`: TensorRT-RTX engines (built on the CPU) from compiled models, and refusals.
+
+TensorRT-RTX is an optional extra that `make setup` installs; where it is missing these tests
+skip, unless SMOOTHROT_REQUIRE_TRT_RTX=1 (CI) turns a missing install into a failure.
+"""
+
+import json
+import os
+
+import pytest
+
+from smoothrot.compiler.build import ENGINE_FILE, BuildConfig, build_model
+from smoothrot.compiler.errors import SmoothrotError
+from smoothrot.compiler.pipeline import CompileConfig, compile_model
+from smoothrot.compiler.recipes import Recipe
+from smoothrot.compiler.trt_backend import TrtBackend, load_trt
+from smoothrot.compiler.trt_engine import EngineConfig, check_engine_header
+from smoothrot.passes.quantize_weights import Algorithm, GroupingMode, WeightQuantConfig
+from smoothrot.tools.cli import main
+from tests.tools.test_cli import _fails_cleanly
+
+SMALL = EngineConfig(max_prompt=64, max_context=128, opt_prompt=16, opt_context=64)
+
+
+@pytest.fixture(scope="module")
+def rtx():
+    try:
+        return load_trt(TrtBackend.TENSORRT_RTX)[1]
+    except SmoothrotError as exc:
+        if os.environ.get("SMOOTHROT_REQUIRE_TRT_RTX") == "1":
+            pytest.fail(f"TensorRT-RTX is required here: {exc}")
+        pytest.skip(str(exc))
+
+
+def _compile(onnx_dir, out, recipe, grouping, group=32, tokens=1024):
+    weights = WeightQuantConfig(grouping, group, Algorithm.RTN)
+    config = CompileConfig(recipe, weights=weights, calibration_tokens=tokens, evaluate=False)
+    compile_model(out, config, onnx_dir=onnx_dir)
+    return out
+
+
+def test_tiny_w4a8_engine_builds_and_its_graph_is_checked(rtx, tiny_export, tmp_path):
+    qdq = _compile(tiny_export("llama"), tmp_path / "qdq", Recipe.W4A8, GroupingMode.ADADIM)
+    out = tmp_path / "trt"
+    config = BuildConfig(TrtBackend.TENSORRT_RTX, SMALL, evaluate=False)
+    report = build_model(qdq, out, config)
+    assert (out / ENGINE_FILE).stat().st_size == report["size_bytes"]["engine"] > 0
+    assert report["engine"]["header_valid"] and report["graph"]["qdq_rewritten"] == 2 * 4
+    checks = report["checks"]
+    assert checks["exactness_fp32"]["max_abs_logit_diff"] == 0.0
+    assert checks["fp16_vs_qdq"]["logit_snr_db"] > 30
+    assert checks["greedy"]["steps"] == 32
+    assert json.loads((out / "build.json").read_text())["size_bytes"] == report["size_bytes"]
+    assert "engine.trt" in (out / "build.md").read_text()
+    damaged = bytearray((out / ENGINE_FILE).read_bytes()[:64])
+    damaged[0] ^= 0xFF  # the magic number
+    assert check_engine_header(rtx, bytes(damaged))["header_valid"] is False
+
+
+def test_build_refuses_what_it_cannot_build(rtx, capsys, tiny_export, tmp_path):
+    fp32 = str(tiny_export("llama"))
+    out = tmp_path / "o"
+    _fails_cleanly(capsys, ["build", fp32, "-o", fp32], "other than its input")
+    _fails_cleanly(capsys, ["build", str(tmp_path / "none"), "-o", str(out)], "does not exist")
+    bad_cc = ["build", fp32, "-o", str(out), "--compute-capability", "70"]
+    _fails_cleanly(capsys, bad_cc, "not a TensorRT-RTX target")
+    ort_dir = tmp_path / "ort"
+    argv = ["compile", "--onnx", fp32, "--recipe", "w4a16", "-o", str(ort_dir), "--no-eval"]
+    assert main(argv + ["--algorithm", "rtn", "--group-size", "32", "--target", "ort"]) == 0
+    capsys.readouterr()
+    _fails_cleanly(capsys, ["build", str(ort_dir), "-o", str(out)], "lowered for ONNX Runtime")
+    assert not out.exists()
+
+
+def test_engine_config_and_backend_errors():
+    with pytest.raises(ValueError, match="opt prompt"):
+        EngineConfig(max_prompt=8, opt_prompt=16)
+    with pytest.raises(ValueError, match="not a TensorRT-RTX target"):
+        EngineConfig(compute_capabilities=(90,))
+    try:
+        load_trt(TrtBackend.TENSORRT)
+    except SmoothrotError as exc:
+        assert "tensorrt is not importable" in str(exc) and "10.9" in str(exc)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "recipe, grouping",
+    [
+        (Recipe.W4A16, GroupingMode.PER_OC),
+        (Recipe.W4A16, GroupingMode.ADADIM),
+        (Recipe.W4A8, GroupingMode.PER_OC),
+    ],
+)
+def test_default_model_engines_build(rtx, default_export, tmp_path, recipe, grouping):
+    qdq = _compile(default_export, tmp_path / "qdq", recipe, grouping, group=128, tokens=2048)
+    report = build_model(qdq, tmp_path / "trt", BuildConfig(TrtBackend.TENSORRT_RTX, SMALL, False))
+    int4 = report["graph"]["int4_weights"]
+    assert sum(int4.values()) == 30 * 7
+    if grouping is GroupingMode.ADADIM:
+        assert int4["per-ic"] > 0 and int4["per-oc"] > 0
+    assert report["engine"]["header_valid"]
+    size = report["size_bytes"]
+    assert size["engine"] < 0.5 * 4 * 134.5e6  # far below fp32 weights: INT4 stays INT4
+    fp16 = report["checks"]["fp16_vs_qdq"]
+    assert fp16["top1_agreement"] >= 0.95 and fp16["logit_snr_db"] > 25, fp16
+    assert report["checks"]["greedy"]["leading_tokens_equal"] >= 16
