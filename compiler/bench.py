@@ -15,16 +15,16 @@ import resource
 import statistics
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
+from smoothrot.compiler.decoders import Backend, open_decoder
 from smoothrot.compiler.manifest import load_manifest
 from smoothrot.compiler.report import model_bytes
-from smoothrot.compiler.runner import OrtDecoder
 
 __all__ = [
     "BenchConfig",
@@ -43,6 +43,7 @@ class BenchConfig:
     threads: int = 0  # 0: ONNX Runtime's default (one per physical core)
     accuracy_level: int = 4  # only for QDQ graphs: the level ORT fuses DQ+MatMul at
     seed: int = 0
+    backend: Backend = Backend.ORT
 
     def __post_init__(self) -> None:
         for name in ("prompt_tokens", "new_tokens", "runs"):
@@ -119,7 +120,7 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
 
 
-def _one_run(decoder: OrtDecoder, prompt: np.ndarray, new_tokens: int) -> tuple[float, float]:
+def _one_run(decoder, prompt: np.ndarray, new_tokens: int) -> tuple[float, float]:
     start = time.perf_counter()
     logits, past = decoder.forward(prompt)
     prefill = time.perf_counter() - start
@@ -134,7 +135,7 @@ def _one_run(decoder: OrtDecoder, prompt: np.ndarray, new_tokens: int) -> tuple[
 def bench_dir(directory: Path, config: BenchConfig = BenchConfig()) -> dict[str, Any]:
     """Prefill and decode tokens/s (medians), peak RSS and sizes of one model directory."""
     start = time.perf_counter()
-    decoder = OrtDecoder(directory, threads=config.threads, accuracy_level=config.accuracy_level)
+    decoder = open_decoder(directory, config.backend, config.threads, config.accuracy_level)
     load_seconds = time.perf_counter() - start
     vocab = decoder.manifest.dims.vocab
     rng = np.random.default_rng(config.seed)
@@ -147,7 +148,7 @@ def bench_dir(directory: Path, config: BenchConfig = BenchConfig()) -> dict[str,
         decode.append(config.new_tokens / d)
     return {
         "model_dir": str(directory),
-        "config": {k: getattr(config, k) for k in config.__dataclass_fields__},
+        "config": {**asdict(config), "backend": config.backend.value},
         "prefill_tokens_per_s": statistics.median(prefill),
         "decode_tokens_per_s": statistics.median(decode),
         "decode_runs": decode,

@@ -38,15 +38,13 @@ from smoothrot.compiler.manifest import load_manifest
 from smoothrot.compiler.outdir import atomic_output_dir, check_output_dir
 from smoothrot.compiler.pipeline import write_model_dir
 from smoothrot.compiler.report import logits_probe, model_bytes
-from smoothrot.compiler.trt_backend import TrtBackend, load_trt
+from smoothrot.compiler.trt_backend import ENGINE_FILE, TrtBackend, load_trt
 from smoothrot.compiler.trt_engine import EngineConfig, build_engine, check_engine_header
 from smoothrot.passes.lower_ort import MS_DOMAIN
 from smoothrot.passes.to_fp16 import Fp16Pass
 from smoothrot.passes.trt_act_quant import TrtActivationQdqPass
 
-__all__ = ["ENGINE_FILE", "BuildConfig", "build_model", "trt_graph"]
-
-ENGINE_FILE = "engine.trt"
+__all__ = ["BuildConfig", "build_model", "trt_graph"]
 
 
 @dataclass(frozen=True)

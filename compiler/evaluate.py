@@ -8,9 +8,10 @@ from typing import Any
 
 from smoothrot.compiler.config import EvalConfig
 from smoothrot.compiler.corpus import CorpusPart, corpus_part, text_digest
+from smoothrot.compiler.decoders import Backend, open_decoder
 from smoothrot.compiler.errors import SmoothrotError
 from smoothrot.compiler.perplexity import perplexity
-from smoothrot.compiler.runner import EXACT_ACCURACY_LEVEL, OrtDecoder, load_tokenizer
+from smoothrot.compiler.runner import EXACT_ACCURACY_LEVEL, load_tokenizer
 
 __all__ = ["SYSTEM_PROMPT", "evaluate_dir", "read_text", "system_prompt_ids"]
 
@@ -47,10 +48,11 @@ def evaluate_dir(
     system_prompt: bool = False,
     kv_prefix: int | None = None,
     accuracy_level: int = EXACT_ACCURACY_LEVEL,
+    backend: Backend = Backend.ORT,
 ) -> dict[str, Any]:
     """Perplexity of ``directory``. ``system_prompt``: put the system turn before every window
     (scored tokens unchanged); ``kv_prefix``: override the model's kept KV prefix P at run time."""
-    decoder = OrtDecoder(directory, accuracy_level=accuracy_level, kv_prefix=kv_prefix)
+    decoder = open_decoder(directory, backend, accuracy_level=accuracy_level, kv_prefix=kv_prefix)
     text, label = read_text(text_file)
     tokenizer = load_tokenizer(directory)
     ids = tokenizer.encode(text, add_special_tokens=False)
@@ -62,4 +64,5 @@ def evaluate_dir(
         "text_sha256_16": text_digest(text),
         "prefix_tokens": len(prefix),
         "accuracy_level": accuracy_level,
+        "backend": backend.value,
     }

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -12,7 +13,14 @@ from smoothrot.compiler.config import DType
 from smoothrot.compiler.errors import SmoothrotError
 from smoothrot.compiler.manifest import KV_PREFIX_INPUT, Manifest, load_manifest
 
-__all__ = ["EXACT_ACCURACY_LEVEL", "OrtDecoder", "empty_cache", "load_tokenizer", "session_options"]
+__all__ = [
+    "EXACT_ACCURACY_LEVEL",
+    "OrtDecoder",
+    "empty_cache",
+    "greedy_generate",
+    "load_tokenizer",
+    "session_options",
+]
 
 
 # ORT fuses DequantizeLinear(axis 0) + MatMul into MatMulNBits at this accuracy level; at its
@@ -92,16 +100,26 @@ class OrtDecoder:
     def generate(
         self, prompt_ids: Sequence[int], max_new_tokens: int, eos_ids: Sequence[int] = ()
     ) -> list[int]:
-        """Greedy decoding with the KV cache; stops after an EOS token (which is returned)."""
-        logits, past = self.forward(np.array([prompt_ids]))
-        out: list[int] = []
-        for _ in range(max_new_tokens):
-            token = int(np.argmax(logits[0, -1]))
-            out.append(token)
-            if token in eos_ids:
-                break
-            logits, past = self.forward(np.array([[token]]), past)
-        return out
+        return greedy_generate(self.forward, prompt_ids, max_new_tokens, eos_ids)
+
+
+def greedy_generate(
+    forward: Callable[..., tuple[np.ndarray, Any]],
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    eos_ids: Sequence[int] = (),
+) -> list[int]:
+    """Greedy decoding with the KV cache; stops after an EOS token (which is returned).
+    ``forward(ids [1, S], past) → (logits, present)``; ``past`` is opaque to this loop."""
+    logits, past = forward(np.array([prompt_ids]))
+    out: list[int] = []
+    for _ in range(max_new_tokens):
+        token = int(np.argmax(logits[0, -1]))
+        out.append(token)
+        if token in eos_ids:
+            break
+        logits, past = forward(np.array([[token]]), past)
+    return out
 
 
 def load_tokenizer(directory: str | Path):  # noqa: ANN201 - a transformers tokenizer

@@ -15,7 +15,9 @@ from types import ModuleType
 
 from smoothrot.compiler.errors import SmoothrotError
 
-__all__ = ["TrtBackend", "load_trt"]
+__all__ = ["ENGINE_FILE", "TrtBackend", "load_trt"]
+
+ENGINE_FILE = "engine.trt"  # in a `smoothrot build` directory
 
 
 class TrtBackend(enum.Enum):

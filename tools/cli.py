@@ -15,7 +15,8 @@ from pathlib import Path
 from smoothrot.compiler.errors import SmoothrotError
 from smoothrot.tools.cli_build import add_build
 from smoothrot.tools.cli_compile import add_compile
-from smoothrot.tools.cli_deploy import add_bench, add_lower
+from smoothrot.tools.cli_deploy import add_backend, add_bench, add_lower
+from smoothrot.tools.cli_doctor import add_doctor
 
 __all__ = ["main"]
 
@@ -48,7 +49,7 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="perplexity with ONNX Runtime (CPU)")
+    p = sub.add_parser("eval", help="perplexity (ONNX Runtime on the CPU, or TensorRT)")
     p.add_argument("model_dir", type=Path)
     p.add_argument(
         "--text", type=Path, help="UTF-8 text file (default: pydoc_data evaluation part)"
@@ -68,12 +69,14 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         choices=range(5),
         help="ORT MatMulNBits accuracy level for fused DQ+MatMul (0 = the QDQ graph as written)",
     )
+    add_backend(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_run_eval)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
     from smoothrot.compiler.config import EvalConfig
+    from smoothrot.compiler.decoders import Backend
     from smoothrot.compiler.evaluate import evaluate_dir
 
     config = EvalConfig(seq=args.seq, windows=args.windows)
@@ -85,6 +88,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         system_prompt=args.system_prompt,
         kv_prefix=args.kv_prefix,
         accuracy_level=args.accuracy_level,
+        backend=Backend(args.backend),
     )
     if args.json:
         print(json.dumps(result))
@@ -101,15 +105,18 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model_dir", type=Path)
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=64)
+    add_backend(p)
     p.set_defaults(run=_run_generate)
 
 
 def _run_generate(args: argparse.Namespace) -> int:
+    from smoothrot.compiler.decoders import Backend
     from smoothrot.compiler.generate import generate_text
 
     if args.max_new_tokens < 1:
         raise SmoothrotError("--max-new-tokens must be >= 1")
-    print(generate_text(args.model_dir, args.prompt, args.max_new_tokens))
+    backend = Backend(args.backend)
+    print(generate_text(args.model_dir, args.prompt, args.max_new_tokens, backend))
     return 0
 
 
@@ -177,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_generate,
         _add_calibrate,
         _add_analyze,
+        add_doctor,
     ):
         add(sub)
     return parser

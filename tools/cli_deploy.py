@@ -6,7 +6,17 @@ import argparse
 import json
 from pathlib import Path
 
-__all__ = ["add_accuracy_level", "add_bench", "add_lower", "print_lowering"]
+__all__ = ["add_accuracy_level", "add_backend", "add_bench", "add_lower", "print_lowering"]
+
+
+def add_backend(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backend",
+        choices=["ort", "trt"],
+        default="ort",
+        help="ort: ONNX Runtime on the CPU (default); trt: the engine.trt of a `smoothrot "
+        "build` directory on an NVIDIA GPU",
+    )
 
 
 def add_accuracy_level(p: argparse.ArgumentParser) -> None:
@@ -62,7 +72,7 @@ def _run_lower(args: argparse.Namespace) -> int:
 
 def add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "bench", help="batch-1 greedy decode speed with the KV cache (ONNX Runtime, CPU)"
+        "bench", help="batch-1 greedy decode speed with the KV cache (ONNX Runtime or TensorRT)"
     )
     p.add_argument("model_dir", type=Path)
     p.add_argument("--prompt-tokens", type=int, default=128)
@@ -76,12 +86,14 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
         choices=range(5),
         help="for QDQ (not lowered) models: the level ORT fuses DQ+MatMul at",
     )
+    add_backend(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_run_bench)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
     from smoothrot.compiler.bench import BenchConfig, bench_dir
+    from smoothrot.compiler.decoders import Backend
 
     config = BenchConfig(
         prompt_tokens=args.prompt_tokens,
@@ -89,6 +101,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         runs=args.runs,
         threads=args.threads,
         accuracy_level=args.accuracy_level,
+        backend=Backend(args.backend),
     )
     r = bench_dir(args.model_dir, config)
     if args.json:
