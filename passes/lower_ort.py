@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from smoothrot.passes._graph import constant_array, is_constant, new_initializer
+from smoothrot.passes._graph import Int4MatMul, match_int4_matmul, new_initializer
 
 __all__ = [
     "LOWERED_MARK",
@@ -111,43 +111,6 @@ def _lower_per_ic(graph, x, q, scale, group, level, tag) -> tuple[list[ir.Node],
 
 
 @dataclass
-class _Match:
-    matmul: ir.Node
-    dq: ir.Node
-    q: np.ndarray
-    scale: np.ndarray
-    axis: int
-    group: int
-
-
-def _match(matmul: ir.Node) -> _Match | str | None:
-    """The QDQ weight of ``matmul``; a problem string if it is INT4 but not our pattern."""
-    weight = matmul.inputs[1] if len(matmul.inputs) > 1 else None
-    dq = weight.producer() if weight is not None else None
-    if dq is None or dq.op_type != "DequantizeLinear" or not is_constant(dq.inputs[0]):
-        return None
-    q_value = dq.inputs[0]
-    if q_value.const_value.dtype != ir.DataType.INT4:  # type: ignore[union-attr]
-        return None
-    if len(dq.inputs) > 2 and dq.inputs[2] is not None:
-        return "has a zero point"
-    if not is_constant(dq.inputs[1]) or q_value.const_value.shape.rank() != 2:  # type: ignore[union-attr]
-        return "scale is not a constant, or the weight is not 2-D"
-    q = constant_array(q_value).astype(np.int8)
-    scale = constant_array(dq.inputs[1]).astype(np.float32)
-    axis = dq.attributes.get_int("axis", 1)
-    axis = axis + 2 if axis < 0 else axis
-    group = dq.attributes.get_int("block_size", 0)
-    k, n = q.shape
-    if axis not in (0, 1) or group <= 0 or q.shape[axis] % group:
-        return f"DequantizeLinear axis {axis}, block_size {group} is not a blocked INT4 weight"
-    expected = (k // group, n) if axis == 0 else (k, n // group)
-    if scale.shape != expected:
-        return f"scale {list(scale.shape)} does not block weight {list(q.shape)} on axis {axis}"
-    return _Match(matmul, dq, q, scale, axis, group)
-
-
-@dataclass
 class LowerToMatMulNBitsPass(ir.passes.InPlacePass):
     """Every ``MatMul(X, INT4 DequantizeLinear)`` → MatMulNBits (see the module docstring)."""
 
@@ -163,7 +126,7 @@ class LowerToMatMulNBitsPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         for node in [n for n in graph if n.op_type == "MatMul" and n.domain == ""]:
-            found = _match(node)
+            found = match_int4_matmul(node)
             if found is None:
                 continue
             if isinstance(found, str):
@@ -174,7 +137,7 @@ class LowerToMatMulNBitsPass(ir.passes.InPlacePass):
             model.opset_imports.setdefault(MS_DOMAIN, 1)
         return ir.passes.PassResult(model, modified=bool(self.lowered))
 
-    def _lower(self, graph: ir.Graph, m: _Match) -> None:
+    def _lower(self, graph: ir.Graph, m: Int4MatMul) -> None:
         weight = m.dq.outputs[0]
         tag = weight.name or m.matmul.name or "linear"
         lower = _lower_per_oc if m.axis == 0 else _lower_per_ic

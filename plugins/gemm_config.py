@@ -1,11 +1,14 @@
-"""Tile configurations of the INT4 GEMM kernels, their defaults, operand checks, workspace."""
+"""Tile configurations of the INT4 GEMM kernels, their defaults, operand checks, workspace.
+
+Imports no Triton: the TensorRT plugin specs (:mod:`.trt_spec`) choose tiles with it in processes
+that must not import Triton (it fixes the interpreter mode at import).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-import triton
 
 from smoothrot.passes.int4 import Grouping
 from smoothrot.plugins.reference import check_int4_operands
@@ -89,7 +92,7 @@ def decode_config(
     """Tiles inside one group, 64-byte weight rows, and about 4 programs per SM."""
     block_k = _pow2_divisor(block, 64) if grouping is Grouping.PER_OC and block < k else 64
     block_n = _pow2_divisor(block, 128) if grouping is Grouping.PER_IC and block < n else 128
-    tiles = m * triton.cdiv(n, block_n)
+    tiles = m * -(-n // block_n)
     split_k = 1
     while tiles * split_k * 2 <= 4 * num_sms and split_k * 2 * block_k <= k:
         split_k *= 2

@@ -59,7 +59,8 @@ class KernelSource:
 
     def attrs(self) -> dict[tuple[int, ...], list[list]]:
         names = self.kernel.arg_names
-        return {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n in self.aligned}
+        aligned = set(self.aligned) - set(self.constexprs)
+        return {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n in aligned}
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class PtxKernel:
     ptx: str
     num_warps: int
     shared_bytes: int
+    scratch_bytes: int = 0  # global + profile scratch the launcher must allocate (0: none)
 
     @property
     def target(self) -> str:
@@ -97,6 +99,8 @@ def compile_ptx(source: KernelSource, arch: int) -> PtxKernel:
         ptx=compiled.asm["ptx"],
         num_warps=source.num_warps,
         shared_bytes=compiled.metadata.shared,
+        scratch_bytes=compiled.metadata.global_scratch_size
+        + compiled.metadata.profile_scratch_size,
     )
 
 
