@@ -23,6 +23,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,10 @@ from smoothrot.compiler.report import logits_probe, model_bytes
 from smoothrot.compiler.trt_backend import ENGINE_FILE, TrtBackend, load_trt
 from smoothrot.compiler.trt_engine import EngineConfig, build_engine, check_engine_header
 from smoothrot.passes.lower_ort import MS_DOMAIN
+from smoothrot.passes.lower_trt_plugins import LowerToTrtPluginsPass
 from smoothrot.passes.to_fp16 import Fp16Pass
 from smoothrot.passes.trt_act_quant import TrtActivationQdqPass
+from smoothrot.plugins.trt_spec import NAMESPACE as PLUGIN_NAMESPACE
 
 __all__ = ["BuildConfig", "build_model", "trt_graph"]
 
@@ -52,10 +55,19 @@ class BuildConfig:
     backend: TrtBackend | None = None  # None: TensorRT if importable, else TensorRT-RTX
     engine: EngineConfig = EngineConfig()
     evaluate: bool = True  # perplexity of the shipped graph vs the QDQ graph (ONNX Runtime)
+    plugins: bool = False  # INT4 GEMMs / Hadamards as our TensorRT >= 10.9 plugins
+
+    def __post_init__(self) -> None:
+        if self.plugins and self.backend is TrtBackend.TENSORRT_RTX:
+            raise ValueError("TensorRT-RTX has no plugin API; --plugins needs TensorRT >= 10.9")
 
 
-def trt_graph(source: Path, fp16: bool = True) -> tuple[ir.Model, dict[str, Any]]:
-    """The TensorRT form of ``source``'s graph and what the passes did."""
+def trt_graph(
+    source: Path, fp16: bool = True, plugins: bool = False
+) -> tuple[ir.Model, dict[str, Any]]:
+    """The TensorRT form of ``source``'s graph and what the passes did. With ``plugins``, INT4
+    MatMuls (with their INT8 activation QDQ) and online rotations first become plugin nodes
+    (``passes/lower_trt_plugins.py``), while the QDQ still has its fp32 meaning."""
     manifest = load_manifest(source)
     if manifest.dtype != "fp32":
         raise SmoothrotError(f"{source} is a {manifest.dtype} model; build needs an fp32 compile")
@@ -65,11 +77,17 @@ def trt_graph(source: Path, fp16: bool = True) -> tuple[ir.Model, dict[str, Any]
             f"{source} is lowered for ONNX Runtime (com.microsoft nodes); build from the "
             "QDQ model that `smoothrot compile --target qdq` writes"
         )
+    info: dict[str, Any] = {}
+    if plugins:
+        lowering = LowerToTrtPluginsPass()
+        lowering(model)
+        info["plugins"] = dict(Counter(p.plugin.value for p in lowering.lowered))
+        info["left_for_tensorrt"] = lowering.skipped
     activation = TrtActivationQdqPass()
     activation(model)
-    info: dict[str, Any] = {"qdq_rewritten": len(activation.rewritten)}
+    info["qdq_rewritten"] = len(activation.rewritten)
     if fp16:
-        half = Fp16Pass(manifest.dims)
+        half = Fp16Pass(manifest.dims, keep_fp32_domains=(PLUGIN_NAMESPACE,))
         half(model)
         info.update(
             fp32_island_nodes=half.island_nodes,
@@ -94,8 +112,17 @@ def _write_graph(model: ir.Model, source: Path, out: Path, stage: dict, dtype: s
     write_model_dir(model, source, replace(manifest, dtype=dtype), out, [stage])
 
 
-def _fidelity(source: Path, built: Path, work: Path, rewrites: int, evaluate: bool) -> dict:
+def _fidelity(source: Path, built: Path, work: Path, rewrites: int, config: BuildConfig) -> dict:
     checks: dict[str, Any] = {}
+    if config.plugins:  # ONNX Runtime cannot run plugin nodes: check the same graph without
+        (work / "fp16").mkdir()
+        fp16, _ = trt_graph(source)
+        _write_graph(fp16, source, work / "fp16", {"stage": "trt_form_fp16"}, "fp16")
+        built = work / "fp16"
+        checks["note"] = (
+            "plugin nodes run only in the engine; these checks are of the same graph without "
+            "them, and `smoothrot doctor --trt` compares each plugin with its reference"
+        )
     if rewrites:
         fp32, _ = trt_graph(source, fp16=False)
         (work / "fp32").mkdir()
@@ -103,7 +130,7 @@ def _fidelity(source: Path, built: Path, work: Path, rewrites: int, evaluate: bo
         checks["exactness_fp32"] = logits_probe(source, work / "fp32", optimize=False)
     checks["fp16_vs_qdq"] = logits_probe(source, built, optimize=False)
     checks["greedy"] = greedy_agreement(source, built)
-    if evaluate:
+    if config.evaluate:
         qdq = evaluate_dir(source, EvalConfig(), progress=False)
         shipped = evaluate_dir(built, EvalConfig(), progress=False)
         checks["perplexity"] = {
@@ -123,8 +150,13 @@ def build_model(source: Path, out: Path, config: BuildConfig = BuildConfig()) ->
     if out.resolve() == source.resolve():
         raise SmoothrotError("build needs an output directory other than its input")
     backend, trt = load_trt(config.backend)
+    if config.plugins:
+        BuildConfig(backend, plugins=True)  # TensorRT-RTX was the importable one: refuse
+        from smoothrot.plugins.trt_plugins import register_plugins
+
+        register_plugins()
     start = time.perf_counter()
-    model, info = trt_graph(source)
+    model, info = trt_graph(source, plugins=config.plugins)
     dims = load_manifest(source).dims
     with atomic_output_dir(out) as tmp, tempfile.TemporaryDirectory(dir=tmp.parent) as work:
         stage = {"stage": "build_trt", "backend": backend.value, "version": trt.__version__}
@@ -149,7 +181,7 @@ def build_model(source: Path, out: Path, config: BuildConfig = BuildConfig()) ->
                 "trt_onnx": model_bytes(tmp),
                 "engine": len(blob),
             },
-            "checks": _fidelity(source, tmp, Path(work), info["qdq_rewritten"], config.evaluate),
+            "checks": _fidelity(source, tmp, Path(work), info["qdq_rewritten"], config),
         }
         (tmp / "build.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "build.md").write_text(build_markdown(report))

@@ -63,11 +63,14 @@ class OrtDecoder:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(
-            str(self.directory / self.manifest.model_file),
-            options,
-            providers=["CPUExecutionProvider"],
-        )
+        model_path = self.directory / self.manifest.model_file
+        try:
+            self.session = ort.InferenceSession(
+                str(model_path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped Fail / NotImplemented
+            reason = str(exc).strip().splitlines()[0][:300]
+            raise SmoothrotError(f"ONNX Runtime cannot load {model_path}: {reason}") from exc
         self.dtype = DType(self.manifest.dtype).numpy
         self.extra_feeds: dict[str, np.ndarray] = {}
         if kv_prefix is not None:  # BiSup P at run time (models compiled with KV quantization)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import enum
 import importlib
+import logging
 from types import ModuleType
+from typing import Any
 
 from smoothrot.compiler.errors import SmoothrotError
 
-__all__ = ["ENGINE_FILE", "TrtBackend", "load_trt"]
+__all__ = ["ENGINE_FILE", "TrtBackend", "load_trt", "trt_logger"]
 
 ENGINE_FILE = "engine.trt"  # in a `smoothrot build` directory
 
@@ -62,3 +64,26 @@ def load_trt(backend: TrtBackend | None = None) -> tuple[TrtBackend, ModuleType]
         "neither TensorRT nor TensorRT-RTX is importable: "
         + "; or ".join(b.install_hint for b in TrtBackend)
     )
+
+
+_LOGGERS: dict[str, Any] = {}  # TensorRT keeps the first logger it sees: one per module
+
+
+def trt_logger(trt: ModuleType) -> Any:
+    """A TensorRT logger that speaks through ``logging`` (``smoothrot.tensorrt``): errors as
+    warnings, the rest at debug level. Without a GPU, TensorRT-RTX reports "Error reading CUDA
+    GPU properties" while checking an engine; that is expected on a build machine, so debug."""
+    if trt.__name__ in _LOGGERS:
+        return _LOGGERS[trt.__name__]
+    log = logging.getLogger("smoothrot.tensorrt")
+    errors = {trt.Logger.INTERNAL_ERROR, trt.Logger.ERROR}
+
+    class _Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity: Any, msg: str) -> None:
+            expected = "GPU properties" in msg
+            log.log(logging.WARNING if severity in errors and not expected else logging.DEBUG, msg)
+
+    return _LOGGERS.setdefault(trt.__name__, _Logger())

@@ -20,6 +20,7 @@ from typing import Any
 
 from smoothrot.compiler.errors import SmoothrotError
 from smoothrot.compiler.manifest import ModelDims
+from smoothrot.compiler.trt_backend import trt_logger
 
 __all__ = ["EngineConfig", "build_engine", "check_engine_header"]
 
@@ -79,7 +80,7 @@ def build_engine(
     trt: ModuleType, onnx_path: Path, dims: ModelDims, config: EngineConfig
 ) -> tuple[bytes, dict[str, Any]]:
     """Serialized engine bytes and what was built (layers, profiles, targets, seconds)."""
-    logger = trt.Logger(trt.Logger.ERROR)
+    logger = trt_logger(trt)
     start = time.perf_counter()
     builder, network, _parser = _parse(trt, onnx_path, logger)
     parsed = time.perf_counter() - start
@@ -127,7 +128,7 @@ def check_engine_header(trt: ModuleType, blob: bytes) -> dict[str, Any]:
     """The runtime's engine validity API on ``blob``. Without a GPU a good engine reads
     INVALID with no diagnostic bit (nothing to run it on); a damaged or foreign one reads
     MALFORMED_ENGINE / VERSION_MISMATCH, which is what ``header_valid`` rules out."""
-    runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
+    runtime = trt.Runtime(trt_logger(trt))
     if not hasattr(runtime, "get_engine_validity"):  # TensorRT before 10.12
         return {
             "validity": "not checked (no validity API)",

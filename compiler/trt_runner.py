@@ -18,7 +18,7 @@ import numpy as np
 from smoothrot.compiler.errors import SmoothrotError
 from smoothrot.compiler.manifest import Manifest, load_manifest
 from smoothrot.compiler.runner import greedy_generate
-from smoothrot.compiler.trt_backend import ENGINE_FILE, TrtBackend, load_trt
+from smoothrot.compiler.trt_backend import ENGINE_FILE, TrtBackend, load_trt, trt_logger
 
 __all__ = ["TrtDecoder"]
 _PREFILL, _DECODE = 0, 1
@@ -44,7 +44,7 @@ class TrtDecoder:
         built = json.loads((self.directory / "build.json").read_text())
         self.torch = _torch_cuda()
         _, trt = load_trt(TrtBackend(built["backend"]))
-        self.runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
+        self.runtime = trt.Runtime(trt_logger(trt))
         self.engine = self.runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if self.engine is None:
             raise SmoothrotError(f"{engine_path} does not deserialize on this GPU / TensorRT")

@@ -47,6 +47,7 @@ __all__ = [
     "Norm",
     "Site",
     "build_model_map",
+    "find_norms",
 ]
 
 
@@ -213,7 +214,8 @@ def _match_decomposed_norm(mul_gamma: ir.Node) -> Norm | None:
     return None
 
 
-def _find_norms(graph: ir.Graph) -> list[Norm]:
+def find_norms(graph: ir.Graph) -> list[Norm]:
+    """Every RMSNorm of the graph (either form), in graph order."""
     norms = []
     for node in graph:
         if node.op_type == "RMSNormalization" and node.inputs[1] is not None:
@@ -283,7 +285,7 @@ def build_model_map(model: ir.Model, dims: ModelDims) -> ModelMap:
     """Recognize the decoder layers of ``model``; problems are recorded, not raised."""
     graph = model.graph
     mm = ModelMap(dims=dims)
-    norms = _find_norms(graph)
+    norms = find_norms(graph)
     order = {id(n): i for i, n in enumerate(graph)}
     linears = [lin for node in graph if (lin := _linear(node)) is not None]
     fed: dict[int, list[Linear]] = {id(n.output): [] for n in norms}

@@ -29,7 +29,7 @@ import onnx_ir as ir
 
 from smoothrot.compiler.manifest import ModelDims
 from smoothrot.passes._graph import new_initializer, producer_op
-from smoothrot.passes.model_map import ModelMapError, build_model_map
+from smoothrot.passes.model_map import ModelMapError, find_norms
 
 __all__ = ["FP16_MAX", "FP16_TINY", "Fp16Pass"]
 
@@ -92,9 +92,12 @@ def _rotary_nodes(graph: ir.Graph) -> list[ir.Node]:
 class Fp16Pass(ir.passes.InPlacePass):
     """fp32 → fp16 with fp32 norm statistics and rotary angles (see module docstring)."""
 
-    def __init__(self, dims: ModelDims) -> None:
+    def __init__(self, dims: ModelDims, keep_fp32_domains: tuple[str, ...] = ()) -> None:
+        """``keep_fp32_domains``: nodes of these domains (our TensorRT plugins) keep their
+        constant inputs (scales, Hadamard factors) in fp32; their activations become fp16."""
         super().__init__()
         self.dims = dims
+        self.keep_fp32_domains = keep_fp32_domains
         self.saturated = 0  # constant elements clipped to ±65504
         self.raised = 0  # non-zero scalar constants raised to fp16's smallest normal
         self.island_nodes = 0
@@ -102,9 +105,12 @@ class Fp16Pass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         _fill_missing_types(graph)
-        mm = build_model_map(model, self.dims).require()
-        norms = [lay.attn_norm for lay in mm.layers] + [lay.mlp_norm for lay in mm.layers]
-        norms += [mm.final_norm] if mm.final_norm is not None else []
+        norms = find_norms(graph)  # not the whole model map: plugin nodes may replace MatMuls
+        if len(norms) != 2 * self.dims.layers + 1:
+            raise ModelMapError(
+                f"unrecognized model pattern: found {len(norms)} RMSNorms, "
+                f"expected {2 * self.dims.layers + 1}"
+            )
         island = {id(n) for norm in norms for n in _norm_statistics(norm.node)}
         island |= {id(n) for n in _rotary_nodes(graph)}
         self.island_nodes = len(island)
@@ -116,7 +122,8 @@ class Fp16Pass(ir.passes.InPlacePass):
                 if value is None or id(value) not in was_float:
                     continue
                 if value.const_value is not None and value.producer() is None:
-                    node.replace_input_with(index, self._constant(graph, value, inside, converted))
+                    keep = inside or node.domain in self.keep_fp32_domains
+                    node.replace_input_with(index, self._constant(graph, value, keep, converted))
                 elif _from_island(value, island) != inside:
                     cast = _cast_of(graph, value, node, _FLOAT if inside else _HALF, converted)
                     node.replace_input_with(index, cast)

@@ -41,6 +41,12 @@ def add_build(sub: argparse._SubParsersAction) -> None:
         default=(),
         help="TensorRT-RTX targets, e.g. 80,86,89 (default: TensorRT-RTX's own)",
     )
+    p.add_argument(
+        "--plugins",
+        action="store_true",
+        help="INT4 GEMMs and online Hadamards as our Triton-kernel plugins (TensorRT >= 10.9 "
+        "and a GPU; not TensorRT-RTX)",
+    )
     p.add_argument("--no-eval", action="store_true", help="skip perplexity in the report")
     p.set_defaults(run=_run_build)
 
@@ -58,7 +64,7 @@ def _run_build(args: argparse.Namespace) -> int:
         compute_capabilities=args.compute_capability,
     )
     backend = TrtBackend(args.trt_backend) if args.trt_backend else None
-    config = BuildConfig(backend, engine, evaluate=not args.no_eval)
+    config = BuildConfig(backend, engine, evaluate=not args.no_eval, plugins=args.plugins)
     report = build_model(args.model_dir, args.output, config)
     size, fp16 = report["size_bytes"], report["checks"]["fp16_vs_qdq"]
     print(

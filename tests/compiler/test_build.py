@@ -7,9 +7,10 @@ skip, unless SMOOTHROT_REQUIRE_TRT_RTX=1 (CI) turns a missing install into a fai
 import json
 import os
 
+import onnx_ir as ir
 import pytest
 
-from smoothrot.compiler.build import BuildConfig, build_model
+from smoothrot.compiler.build import BuildConfig, build_model, trt_graph
 from smoothrot.compiler.errors import SmoothrotError
 from smoothrot.compiler.pipeline import CompileConfig, compile_model
 from smoothrot.compiler.recipes import Recipe
@@ -70,6 +71,24 @@ def test_build_refuses_what_it_cannot_build(rtx, capsys, tiny_export, tmp_path):
     capsys.readouterr()
     _fails_cleanly(capsys, ["build", str(ort_dir), "-o", str(out)], "lowered for ONNX Runtime")
     assert not out.exists()
+
+
+def test_plugin_graph_keeps_plugin_constants_fp32(tiny_export, tmp_path, capsys):
+    qdq = _compile(tiny_export("llama"), tmp_path / "qdq", Recipe.W4A8, GroupingMode.PER_IC)
+    model, info = trt_graph(qdq, plugins=True)
+    # w4a8 rotates: one online Hadamard per layer (down_proj's input)
+    assert info["plugins"] == {"w4a8_gemm": 2 * 7, "kron_hadamard": 2}
+    assert info["qdq_rewritten"] == 0
+    plugin_nodes = [n for n in model.graph if n.domain == "smoothrot"]
+    assert len(plugin_nodes) == 16 and not any(n.op_type == "QuantizeLinear" for n in model.graph)
+    for node in plugin_nodes:
+        x, *constants = node.inputs
+        assert x.dtype == ir.DataType.FLOAT16 and node.outputs[0].dtype == ir.DataType.FLOAT16
+        dtypes = {c.dtype for c in constants}
+        assert ir.DataType.FLOAT in dtypes and dtypes <= {ir.DataType.INT8, ir.DataType.FLOAT}
+    argv = ["build", str(qdq), "-o", str(tmp_path / "o"), "--plugins"]
+    capsys.readouterr()  # the compile's progress bars
+    _fails_cleanly(capsys, argv + ["--trt-backend", "tensorrt-rtx"], "no plugin API")
 
 
 def test_engine_config_and_backend_errors():
