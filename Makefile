@@ -23,9 +23,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 demo: setup
 	$(BIN)/smoothrot -v export -o $(OUT)/smollm2-fp32
-	$(BIN)/smoothrot -v compile --onnx $(OUT)/smollm2-fp32 --recipe w4a16 --target ort -o $(OUT)/smollm2-w4a16
-	head -n 14 $(OUT)/smollm2-w4a16/report.md
+	$(BIN)/smoothrot -v compile --onnx $(OUT)/smollm2-fp32 --recipe w4a16 -o $(OUT)/smollm2-w4a16-qdq
+	head -n 14 $(OUT)/smollm2-w4a16-qdq/report.md
+	$(BIN)/smoothrot lower $(OUT)/smollm2-w4a16-qdq -o $(OUT)/smollm2-w4a16
 	cat $(OUT)/smollm2-w4a16/lowering.md
+	$(BIN)/smoothrot build $(OUT)/smollm2-w4a16-qdq -o $(OUT)/smollm2-w4a16-trt --no-eval
+	cat $(OUT)/smollm2-w4a16-trt/build.md
 	$(BIN)/smoothrot generate $(OUT)/smollm2-w4a16 --prompt "$(PROMPT)" --max-new-tokens 32
 	$(BIN)/smoothrot bench $(OUT)/smollm2-fp32 --runs 3
 	$(BIN)/smoothrot bench $(OUT)/smollm2-w4a16 --runs 3

@@ -40,7 +40,12 @@ from smoothrot.compiler.outdir import atomic_output_dir, check_output_dir
 from smoothrot.compiler.pipeline import write_model_dir
 from smoothrot.compiler.report import logits_probe, model_bytes
 from smoothrot.compiler.trt_backend import ENGINE_FILE, TrtBackend, load_trt
-from smoothrot.compiler.trt_engine import EngineConfig, build_engine, check_engine_header
+from smoothrot.compiler.trt_engine import (
+    EngineConfig,
+    build_engine,
+    check_engine_header,
+    trtexec_command,
+)
 from smoothrot.passes.lower_ort import MS_DOMAIN
 from smoothrot.passes.lower_trt_plugins import LowerToTrtPluginsPass
 from smoothrot.passes.to_fp16 import Fp16Pass
@@ -48,6 +53,12 @@ from smoothrot.passes.trt_act_quant import TrtActivationQdqPass
 from smoothrot.plugins.trt_spec import NAMESPACE as PLUGIN_NAMESPACE
 
 __all__ = ["BuildConfig", "build_model", "trt_graph"]
+
+
+TRTEXEC_NOTE = (
+    "The same engine from this directory's model.onnx, for a machine with TensorRT's trtexec "
+    "(e.g. a Jetson: engines are not portable across GPUs or TensorRT versions)."
+)
 
 
 @dataclass(frozen=True)
@@ -167,6 +178,9 @@ def build_model(source: Path, out: Path, config: BuildConfig = BuildConfig()) ->
         if header["header_valid"] is False:
             raise SmoothrotError(f"the built engine fails the validity check: {header}")
         (tmp / ENGINE_FILE).write_bytes(blob)
+        inputs = list(engine["inputs"])
+        command = trtexec_command(inputs, dims, config.engine)
+        (tmp / "trtexec.sh").write_text(f"#!/bin/sh\n# {TRTEXEC_NOTE}\n{command}\n")
         for name in COMPILE_REPORT_FILES:  # the compile report stays with the model it measured
             if (source / name).is_file():
                 shutil.copy(source / name, tmp / name)

@@ -22,7 +22,7 @@ from smoothrot.compiler.errors import SmoothrotError
 from smoothrot.compiler.manifest import ModelDims
 from smoothrot.compiler.trt_backend import trt_logger
 
-__all__ = ["EngineConfig", "build_engine", "check_engine_header"]
+__all__ = ["EngineConfig", "build_engine", "check_engine_header", "trtexec_command"]
 
 log = logging.getLogger(__name__)
 # TensorRT-RTX ahead-of-time targets (its ComputeCapability enum); TensorRT has no such choice.
@@ -63,6 +63,25 @@ def _profile_shapes(name: str, dims: ModelDims, c: EngineConfig) -> list[tuple]:
         grown = [(1, dims.kv_heads, n, dims.head_dim) for n in (1, c.opt_context - 1)]
         return [(cache,) * 3, (*grown, (1, dims.kv_heads, c.max_context - 1, dims.head_dim))]
     raise SmoothrotError(f"engine input {name!r} is not one the decoder profiles know")
+
+
+def trtexec_command(inputs: list[str], dims: ModelDims, config: EngineConfig) -> str:
+    """The ``trtexec`` line that builds the same engine from ``model.onnx`` (same profiles): the
+    route on machines where smoothrot itself does not install (JetPack's Python and TensorRT)."""
+    per_profile: list[list[list[str]]] = [[[], [], []], [[], [], []]]
+    for name in inputs:
+        for profile, shapes in enumerate(_profile_shapes(name, dims, config)):
+            for which, shape in enumerate(shapes):
+                per_profile[profile][which].append(f"{name}:{'x'.join(map(str, shape))}")
+    words = ["trtexec --onnx=model.onnx --stronglyTyped --saveEngine=engine.trt"]
+    for profile, (low, opt, high) in enumerate(per_profile):
+        words += [
+            f"--profile={profile}",
+            f"--minShapes={','.join(low)}",
+            f"--optShapes={','.join(opt)}",
+            f"--maxShapes={','.join(high)}",
+        ]
+    return " \\\n  ".join(words)
 
 
 def _parse(trt: ModuleType, onnx_path: Path, logger: Any) -> tuple[Any, Any, Any]:

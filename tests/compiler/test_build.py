@@ -53,6 +53,9 @@ def test_tiny_w4a8_engine_builds_and_its_graph_is_checked(rtx, tiny_export, tmp_
     assert checks["greedy"]["steps"] == 32
     assert json.loads((out / "build.json").read_text())["size_bytes"] == report["size_bytes"]
     assert "engine.trt" in (out / "build.md").read_text()
+    trtexec = (out / "trtexec.sh").read_text()  # the same engine where only trtexec exists
+    assert "--stronglyTyped" in trtexec and "--profile=1" in trtexec
+    assert "past.1.value:1x2x0x16" in trtexec and "attention_mask:1x128" in trtexec
     damaged = bytearray((out / ENGINE_FILE).read_bytes()[:64])
     damaged[0] ^= 0xFF  # the magic number
     assert check_engine_header(rtx, bytes(damaged))["header_valid"] is False
