@@ -178,21 +178,46 @@ class Fp16Pass(ir.passes.InPlacePass):
                 graph.outputs[i] = logits
 
 
+_BOOL_OPS = frozenset(
+    {"Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal", "Not", "And", "Or", "IsNaN"}
+)
+_SAME_AS_INPUT_OPS = frozenset(
+    {"Abs", "Add", "Clip", "Concat", "Cos", "Div", "Expand", "Identity", "MatMul", "Max", "Min"}
+    | {"Mul", "Neg", "Pow", "Reciprocal", "ReduceMax", "ReduceMean", "Reshape", "Round"}
+    | {"Sigmoid", "Sin", "Slice", "Softmax", "Sqrt", "Squeeze", "Sub", "Transpose", "Unsqueeze"}
+)
+
+
+def _output_type(node: ir.Node) -> ir.DataType | None:
+    if node.op_type == "Cast":
+        return ir.DataType(node.attributes.get_int("to"))
+    if node.op_type == "DequantizeLinear" and node.inputs[1] is not None:
+        return node.inputs[1].dtype
+    if node.op_type == "QuantizeLinear":
+        return ir.DataType(node.attributes.get_int("output_dtype", ir.DataType.UINT8.value))
+    if node.op_type in _BOOL_OPS:
+        return ir.DataType.BOOL
+    if node.op_type in ("Shape", "Size"):
+        return ir.DataType.INT64
+    if node.op_type == "Where" and node.inputs[1] is not None:
+        return node.inputs[1].dtype
+    if node.op_type in _SAME_AS_INPUT_OPS and node.inputs[0] is not None:
+        return node.inputs[0].dtype
+    return None
+
+
 def _fill_missing_types(graph: ir.Graph) -> None:
-    """Give untyped node outputs (our passes' inserted nodes) their element type, in graph order:
-    a Cast's target, a DequantizeLinear's scale type, else the type of the first typed input."""
+    """Give untyped node outputs (our passes' inserted nodes) their element type, in graph order,
+    from the op's typing rule; an op without a known rule is refused, not guessed."""
     for node in graph:
         for out in node.outputs:
-            if out.type is not None:
-                continue
-            dtype = None
-            if node.op_type == "Cast":
-                dtype = ir.DataType(node.attributes.get_int("to"))
-            elif node.op_type == "DequantizeLinear" and node.inputs[1] is not None:
-                dtype = node.inputs[1].dtype
-            elif node.op_type not in ("Shape", "QuantizeLinear", "Constant", "ConstantOfShape"):
-                dtype = next((v.dtype for v in node.inputs if v is not None and v.dtype), None)
-            if dtype is not None:
+            if out.type is None:
+                dtype = _output_type(node)
+                if dtype is None:
+                    raise ModelMapError(
+                        f"cannot type output {out.name!r} of {node.op_type} node "
+                        f"{node.name!r} for the fp16 conversion"
+                    )
                 out.type = ir.TensorType(dtype)
 
 

@@ -61,6 +61,19 @@ def test_tiny_w4a8_engine_builds_and_its_graph_is_checked(rtx, tiny_export, tmp_
     assert check_engine_header(rtx, bytes(damaged))["header_valid"] is False
 
 
+def test_tiny_w4a4kv4_engine_builds_with_its_kv_cache_qdq(rtx, tiny_export, tmp_path):
+    weights = WeightQuantConfig(GroupingMode.PER_OC, 32, Algorithm.RTN)
+    config = CompileConfig(
+        Recipe.W4A4KV4, weights=weights, kv_prefix=4, calibration_tokens=1024, evaluate=False
+    )
+    compile_model(tmp_path / "qdq", config, onnx_dir=tiny_export("llama"))
+    build = BuildConfig(TrtBackend.TENSORRT_RTX, SMALL, evaluate=False)
+    report = build_model(tmp_path / "qdq", tmp_path / "trt", build)
+    assert report["graph"]["qdq_rewritten"] > 2 * 4  # activations and the K/V entries
+    assert report["checks"]["exactness_fp32"]["max_abs_logit_diff"] == 0.0
+    assert report["engine"]["header_valid"]
+
+
 def test_build_refuses_what_it_cannot_build(rtx, capsys, tiny_export, tmp_path):
     fp32 = str(tiny_export("llama"))
     out = tmp_path / "o"
