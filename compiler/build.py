@@ -31,14 +31,12 @@ from typing import Any
 import onnx_ir as ir
 
 from smoothrot.compiler.build_report import build_markdown, greedy_agreement
-from smoothrot.compiler.config import EvalConfig
 from smoothrot.compiler.errors import SmoothrotError
-from smoothrot.compiler.evaluate import evaluate_dir
 from smoothrot.compiler.lower import COMPILE_REPORT_FILES
 from smoothrot.compiler.manifest import load_manifest
 from smoothrot.compiler.outdir import atomic_output_dir, check_output_dir
 from smoothrot.compiler.pipeline import write_model_dir
-from smoothrot.compiler.report import logits_probe, model_bytes
+from smoothrot.compiler.report import logits_probe, model_bytes, perplexity_pair
 from smoothrot.compiler.trt_backend import ENGINE_FILE, TrtBackend, load_trt
 from smoothrot.compiler.trt_engine import (
     EngineConfig,
@@ -142,15 +140,7 @@ def _fidelity(source: Path, built: Path, work: Path, rewrites: int, config: Buil
     checks["fp16_vs_qdq"] = logits_probe(source, built, optimize=False)
     checks["greedy"] = greedy_agreement(source, built)
     if config.evaluate:
-        qdq = evaluate_dir(source, EvalConfig(), progress=False)
-        shipped = evaluate_dir(built, EvalConfig(), progress=False)
-        checks["perplexity"] = {
-            "qdq": qdq["ppl"],
-            "fp16": shipped["ppl"],
-            "ratio": shipped["ppl"] / qdq["ppl"],
-            "text": qdq["text"],
-            "tokens": qdq["tokens"],
-        }
+        checks["perplexity"] = perplexity_pair(source, built, ("qdq", "fp16"))
     return checks
 
 

@@ -26,13 +26,11 @@ from typing import Any
 
 import onnx_ir as ir
 
-from smoothrot.compiler.config import EvalConfig
 from smoothrot.compiler.errors import SmoothrotError
-from smoothrot.compiler.evaluate import evaluate_dir
 from smoothrot.compiler.manifest import load_manifest
 from smoothrot.compiler.outdir import atomic_output_dir, check_output_dir
 from smoothrot.compiler.pipeline import write_model_dir
-from smoothrot.compiler.report import jsonable, logits_probe, model_bytes
+from smoothrot.compiler.report import jsonable, logits_probe, model_bytes, perplexity_pair
 from smoothrot.passes.lower_ort import MS_DOMAIN, LowerToMatMulNBitsPass
 from smoothrot.passes.norm_div import NormDivPass
 
@@ -97,16 +95,8 @@ def _report(
         "size_bytes": {"qdq": model_bytes(source), "lowered": model_bytes(out)},
         "per_layer": jsonable(lowering.lowered),
     }
-    if config.evaluate:
-        qdq = evaluate_dir(source, EvalConfig(), progress=False)
-        shipped = evaluate_dir(out, EvalConfig(), progress=False, accuracy_level=0)
-        report["perplexity"] = {
-            "qdq_level0": qdq["ppl"],
-            "lowered": shipped["ppl"],
-            "ratio": shipped["ppl"] / qdq["ppl"],
-            "text": qdq["text"],
-            "tokens": qdq["tokens"],
-        }
+    if config.evaluate:  # the lowered graph's nodes carry the shipped level themselves
+        report["perplexity"] = perplexity_pair(source, out, ("qdq_level0", "lowered"))
     (out / "lowering.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "lowering.md").write_text(_markdown(report))
     return report

@@ -65,6 +65,20 @@ def logits_probe(source: Path, result: Path, optimize: bool = True) -> dict[str,
     }
 
 
+def perplexity_pair(reference: Path, result: Path, keys: tuple[str, str]) -> dict[str, Any]:
+    """Perplexity of both model directories on the evaluation text (the QDQ graph as written),
+    under ``keys``, with their ratio."""
+    ref = evaluate_dir(reference, EvalConfig(), progress=False)
+    ours = evaluate_dir(result, EvalConfig(), progress=False)
+    return {
+        keys[0]: ref["ppl"],
+        keys[1]: ours["ppl"],
+        "ratio": ours["ppl"] / ref["ppl"],
+        "text": ref["text"],
+        "tokens": ref["tokens"],
+    }
+
+
 def write_report(
     result: Path, source: Path, config: Any, stages: list[dict[str, Any]], layers: list[Any]
 ) -> dict[str, Any]:
@@ -81,15 +95,7 @@ def write_report(
     if recipe.exact:
         report["exactness"] = {k: report["logits"][k] for k in ("tokens", "max_abs_logit_diff")}
     elif config.evaluate:
-        before = evaluate_dir(source, EvalConfig(), progress=False)
-        after = evaluate_dir(result, EvalConfig(), progress=False)
-        report["perplexity"] = {
-            "before": before["ppl"],
-            "after": after["ppl"],
-            "ratio": after["ppl"] / before["ppl"],
-            "text": before["text"],
-            "tokens": before["tokens"],
-        }
+        report["perplexity"] = perplexity_pair(source, result, ("before", "after"))
     if layers:
         report["layers"] = jsonable(layers)
         counts: dict[str, int] = {}

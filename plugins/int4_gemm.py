@@ -42,7 +42,7 @@ from smoothrot.plugins.gemm_config import (
     split_k_workspace,
 )
 
-__all__ = ["LAUNCH_OPTIONS", "w4a16_gemm"]
+__all__ = ["LAUNCH_OPTIONS", "launch_gemm", "w4a16_gemm"]
 # Launch option: ``acc + x·w`` as one FMA. Named explicitly because Triton's default flips to
 # "off" in 3.10; every launch and the PTX build pass it.
 LAUNCH_OPTIONS = {"enable_fp_fusion": True}
@@ -244,6 +244,25 @@ def w4a16_gemm(
     config: DecodeConfig | PrefillConfig | None = None,
 ) -> torch.Tensor:
     """``x [..., K] @ dequantize(packed [K, N/2], scale)``; decode kernel for M <= 4 rows."""
+    kernels = (w4a16_decode_kernel, w4a16_prefill_kernel)
+    dot_fp32 = x.dtype == torch.float32
+    return launch_gemm(kernels, dot_fp32, x, packed, scale, grouping, block, out_dtype, config)
+
+
+def launch_gemm(
+    kernels: tuple,
+    prefill_flag: bool,
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scale: torch.Tensor,
+    grouping: Grouping,
+    block: int,
+    out_dtype: torch.dtype | None,
+    config: DecodeConfig | PrefillConfig | None,
+) -> torch.Tensor:
+    """Pick a configuration and launch ``kernels = (decode, prefill)``; W4A16 and W4A8 share the
+    signature but for the prefill kernel's last flag (W4A16: fp32 ``tl.dot``; W4A8: per-IC)."""
+    decode_kernel, prefill_kernel = kernels
     m, n, k = check_operands(x, packed, scale, grouping, block)
     x2 = x.reshape(m, k)
     y = torch.empty((m, n), dtype=out_dtype or x.dtype, device=x.device)
@@ -259,15 +278,15 @@ def w4a16_gemm(
         k_per_split = triton.cdiv(triton.cdiv(k, config.block_k), config.split_k) * config.block_k
         grid = (m, triton.cdiv(n, config.block_n), config.split_k)
         ws, count = split_k_workspace(x.device, config.split_k * m * n, grid[0] * grid[1])
-        w4a16_decode_kernel[grid](
+        decode_kernel[grid](
             x2, packed, scale, y, ws, count, *common, y.stride(0), block, k_per_split,
             per_ic, config.block_k, config.block_n // 2, config.split_k, config.acc_2d,
             num_warps=config.num_warps, num_stages=config.num_stages, **LAUNCH_OPTIONS,
         )  # fmt: skip
     else:
         grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n),)
-        w4a16_prefill_kernel[grid](
-            x2, packed, scale, y, *common, y.stride(0), block, per_ic, x.dtype == torch.float32,
+        prefill_kernel[grid](
+            x2, packed, scale, y, *common, y.stride(0), block, per_ic, prefill_flag,
             config.block_m, config.block_n, config.block_k, config.group_m,
             num_warps=config.num_warps, num_stages=config.num_stages, **LAUNCH_OPTIONS,
         )  # fmt: skip

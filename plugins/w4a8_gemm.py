@@ -25,19 +25,12 @@ import triton.language as tl
 
 from smoothrot.passes.int4 import Grouping
 from smoothrot.plugins.gemm_config import (
-    DECODE_MAX_M,
     DecodeConfig,
     PrefillConfig,
-    check_operands,
-    check_tile,
-    decode_config,
-    num_sms,
-    prefill_config,
-    split_k_workspace,
 )
 from smoothrot.plugins.int4_gemm import (
-    LAUNCH_OPTIONS,
     decode_accumulate,
+    launch_gemm,
     prefill_accumulate,
     store_split_k,
     tile_coordinates,
@@ -122,31 +115,6 @@ def w4a8_gemm(
     config: DecodeConfig | PrefillConfig | None = None,
 ) -> torch.Tensor:
     """``int8_qdq(x [..., K]) @ dequantize(packed [K, N/2], scale)``; decode kernel for M <= 4."""
-    m, n, k = check_operands(x, packed, scale, grouping, block)
-    x2 = x.reshape(m, k)
-    y = torch.empty((m, n), dtype=out_dtype or x.dtype, device=x.device)
-    if config is None:
-        if m <= DECODE_MAX_M:
-            config = decode_config(m, n, k, grouping, block, num_sms(x.device))
-        else:
-            config = prefill_config(m, n, k, grouping, block)
-    check_tile(k, n, grouping, block, config.block_k, config.block_n)
+    kernels = (w4a8_decode_kernel, w4a8_prefill_kernel)
     per_ic = grouping is Grouping.PER_IC
-    common = (m, n, k, n // 2, x2.stride(0), packed.stride(0), scale.stride(0), scale.stride(1))
-    if isinstance(config, DecodeConfig):
-        k_per_split = triton.cdiv(triton.cdiv(k, config.block_k), config.split_k) * config.block_k
-        grid = (m, triton.cdiv(n, config.block_n), config.split_k)
-        ws, count = split_k_workspace(x.device, config.split_k * m * n, grid[0] * grid[1])
-        w4a8_decode_kernel[grid](
-            x2, packed, scale, y, ws, count, *common, y.stride(0), block, k_per_split,
-            per_ic, config.block_k, config.block_n // 2, config.split_k, config.acc_2d,
-            num_warps=config.num_warps, num_stages=config.num_stages, **LAUNCH_OPTIONS,
-        )  # fmt: skip
-    else:
-        grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n),)
-        w4a8_prefill_kernel[grid](
-            x2, packed, scale, y, *common, y.stride(0), block, per_ic, per_ic,
-            config.block_m, config.block_n, config.block_k, config.group_m,
-            num_warps=config.num_warps, num_stages=config.num_stages, **LAUNCH_OPTIONS,
-        )  # fmt: skip
-    return y.reshape(*x.shape[:-1], n)
+    return launch_gemm(kernels, per_ic, x, packed, scale, grouping, block, out_dtype, config)
