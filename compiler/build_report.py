@@ -8,17 +8,20 @@ from typing import Any
 from smoothrot.compiler.corpus import CorpusPart, corpus_part
 from smoothrot.compiler.runner import OrtDecoder, load_tokenizer
 
-__all__ = ["GREEDY_STEPS", "build_markdown", "greedy_agreement"]
+__all__ = ["GREEDY_STEPS", "build_markdown", "greedy_agreement", "greedy_prompt"]
 
 GREEDY_STEPS = 32
-_PROMPT_TOKENS = 32
+
+
+def greedy_prompt(directory: Path) -> list[int]:
+    """The first 32 tokens of the evaluation text: the prompt of every greedy comparison."""
+    return load_tokenizer(directory).encode(corpus_part(CorpusPart.EVALUATION)[:2000])[:32]
 
 
 def greedy_agreement(source: Path, built: Path, steps: int = GREEDY_STEPS) -> dict[str, Any]:
-    """Greedy decode (KV cache) of both models from the evaluation text's first tokens: how many
-    leading tokens agree (ONNX Runtime, graphs as written)."""
-    ids = load_tokenizer(source).encode(corpus_part(CorpusPart.EVALUATION)[:2000])
-    prompt = ids[:_PROMPT_TOKENS]
+    """Greedy decode (KV cache) of both models from :func:`greedy_prompt`: how many leading
+    tokens agree (ONNX Runtime, graphs as written)."""
+    prompt = greedy_prompt(source)
     ref = OrtDecoder(source, optimize=False).generate(prompt, steps)
     ours = OrtDecoder(built, optimize=False).generate(prompt, steps)
     pairs = enumerate(zip(ref, ours, strict=False))
