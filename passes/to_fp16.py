@@ -94,7 +94,8 @@ class Fp16Pass(ir.passes.InPlacePass):
 
     def __init__(self, dims: ModelDims, keep_fp32_domains: tuple[str, ...] = ()) -> None:
         """``keep_fp32_domains``: nodes of these domains (our TensorRT plugins) keep their
-        constant inputs (scales, Hadamard factors) in fp32; their activations become fp16."""
+        constant inputs (scales, Hadamard factors) in fp32; their activations become fp16 and
+        their outputs have their input's type."""
         super().__init__()
         self.dims = dims
         self.keep_fp32_domains = keep_fp32_domains
@@ -104,7 +105,7 @@ class Fp16Pass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        _fill_missing_types(graph)
+        _fill_missing_types(graph, self.keep_fp32_domains)
         norms = find_norms(graph)  # not the whole model map: plugin nodes may replace MatMuls
         if len(norms) != 2 * self.dims.layers + 1:
             raise ModelMapError(
@@ -188,7 +189,9 @@ _SAME_AS_INPUT_OPS = frozenset(
 )
 
 
-def _output_type(node: ir.Node) -> ir.DataType | None:
+def _output_type(node: ir.Node, plugin_domains: tuple[str, ...]) -> ir.DataType | None:
+    if node.domain in plugin_domains and node.inputs[0] is not None:  # y has x's type
+        return node.inputs[0].dtype
     if node.op_type == "Cast":
         return ir.DataType(node.attributes.get_int("to"))
     if node.op_type == "DequantizeLinear" and node.inputs[1] is not None:
@@ -206,13 +209,13 @@ def _output_type(node: ir.Node) -> ir.DataType | None:
     return None
 
 
-def _fill_missing_types(graph: ir.Graph) -> None:
+def _fill_missing_types(graph: ir.Graph, plugin_domains: tuple[str, ...]) -> None:
     """Give untyped node outputs (our passes' inserted nodes) their element type, in graph order,
     from the op's typing rule; an op without a known rule is refused, not guessed."""
     for node in graph:
         for out in node.outputs:
             if out.type is None:
-                dtype = _output_type(node)
+                dtype = _output_type(node, plugin_domains)
                 if dtype is None:
                     raise ModelMapError(
                         f"cannot type output {out.name!r} of {node.op_type} node "
