@@ -19,6 +19,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# TensorRT-RTX (the optional extra): builds engines without a GPU, for `smoothrot build`
 	# and its tests. The wheels need no CUDA packages to build.
 	$(BIN)/python -m pip install -q --no-deps $(TRT_RTX)
+	# smoothrot's ONNX Runtime op for per-IC INT4 layers, compiled here with g++ against the
+	# ONNX Runtime headers of Debian's libonnxruntime-dev (fetched once, checksum-pinned).
+	$(BIN)/python -m smoothrot.ortops.library
 	touch $@
 
 demo: setup

@@ -44,6 +44,7 @@ from smoothrot.compiler.trt_engine import (
     check_engine_header,
     trtexec_command,
 )
+from smoothrot.ortops.library import DOMAIN as ORTOPS_DOMAIN
 from smoothrot.passes.lower_ort import MS_DOMAIN
 from smoothrot.passes.lower_trt_plugins import LowerToTrtPluginsPass
 from smoothrot.passes.to_fp16 import Fp16Pass
@@ -67,8 +68,12 @@ class BuildConfig:
     plugins: bool = False  # INT4 GEMMs / Hadamards as our TensorRT >= 10.9 plugins
 
     def __post_init__(self) -> None:
-        if self.plugins and self.backend is TrtBackend.TENSORRT_RTX:
-            raise ValueError("TensorRT-RTX has no plugin API; --plugins needs TensorRT >= 10.9")
+        check_plugin_backend(self.backend, self.plugins)
+
+
+def check_plugin_backend(backend: TrtBackend | None, plugins: bool) -> None:
+    if plugins and backend is TrtBackend.TENSORRT_RTX:
+        raise ValueError("TensorRT-RTX has no plugin API; --plugins needs TensorRT >= 10.9")
 
 
 def trt_graph(
@@ -81,9 +86,9 @@ def trt_graph(
     if manifest.dtype != "fp32":
         raise SmoothrotError(f"{source} is a {manifest.dtype} model; build needs an fp32 compile")
     model = ir.load(str(source / manifest.model_file))
-    if any(n.domain == MS_DOMAIN for n in model.graph):
+    if any(n.domain in (MS_DOMAIN, ORTOPS_DOMAIN) for n in model.graph):
         raise SmoothrotError(
-            f"{source} is lowered for ONNX Runtime (com.microsoft nodes); build from the "
+            f"{source} is lowered for ONNX Runtime (MatMulNBits nodes); build from the "
             "QDQ model that `smoothrot compile --target qdq` writes"
         )
     info: dict[str, Any] = {}
@@ -152,7 +157,7 @@ def build_model(source: Path, out: Path, config: BuildConfig = BuildConfig()) ->
         raise SmoothrotError("build needs an output directory other than its input")
     backend, trt = load_trt(config.backend)
     if config.plugins:
-        BuildConfig(backend, plugins=True)  # TensorRT-RTX was the importable one: refuse
+        check_plugin_backend(backend, plugins=True)  # TensorRT-RTX was the importable one
         from smoothrot.plugins.trt_plugins import register_plugins
 
         register_plugins()

@@ -1,7 +1,9 @@
 """``smoothrot lower`` (and ``compile --target ort``): a compiled QDQ model → ONNX Runtime's fast
 CPU form, with a report that proves the lowering and measures what the shipped level costs.
 
-``LowerToMatMulNBitsPass`` rewrites every INT4 QDQ MatMul (see ``passes/lower_ort.py``); online
+``LowerToMatMulNBitsPass`` rewrites every INT4 QDQ MatMul (see ``passes/lower_ort.py``): per-OC
+layers become MatMulNBits, per-IC layers our own ONNX Runtime op (``ortops/``, built on this
+machine on first use; ``--per-ic split`` keeps to standard ORT ops, slower); online
 Hadamard nodes are already Kronecker-factored MatMuls and activation / KV QDQ stay standard
 ONNX nodes; ``NormDivPass`` puts the RMSNorms in the form ORT fuses.
 The report (``lowering.json`` + ``lowering.md``) holds:
@@ -31,7 +33,9 @@ from smoothrot.compiler.manifest import load_manifest
 from smoothrot.compiler.outdir import atomic_output_dir, check_output_dir
 from smoothrot.compiler.pipeline import write_model_dir
 from smoothrot.compiler.report import jsonable, logits_probe, model_bytes, perplexity_pair
-from smoothrot.passes.lower_ort import MS_DOMAIN, LowerToMatMulNBitsPass
+from smoothrot.ortops.library import OP_TYPE as PER_IC_OP
+from smoothrot.ortops.library import library_path
+from smoothrot.passes.lower_ort import KERNEL_OPS, LowerToMatMulNBitsPass, PerIcKernel
 from smoothrot.passes.norm_div import NormDivPass
 
 __all__ = ["DEFAULT_ACCURACY_LEVEL", "LowerConfig", "lower_model"]
@@ -47,18 +51,23 @@ COMPILE_REPORT_FILES = ("report.json", "report.md", "report_layers.png")
 class LowerConfig:
     accuracy_level: int = DEFAULT_ACCURACY_LEVEL
     evaluate: bool = True  # perplexity of the QDQ and the lowered model in the report
+    per_ic: PerIcKernel = PerIcKernel.ORTOPS
 
     def __post_init__(self) -> None:
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise ValueError(f"accuracy level must be 0..4, got {self.accuracy_level}")
+        PerIcKernel(self.per_ic)
 
 
-def _lowered_graph(source: Path, level: int) -> tuple[ir.Model, LowerToMatMulNBitsPass]:
+def _lowered_graph(
+    source: Path, level: int, per_ic: PerIcKernel
+) -> tuple[ir.Model, LowerToMatMulNBitsPass]:
     manifest = load_manifest(source)
     model = ir.load(str(source / manifest.model_file))
-    if any(n.domain == MS_DOMAIN and n.op_type == "MatMulNBits" for n in model.graph):
-        raise SmoothrotError(f"{source} is already lowered (it has MatMulNBits nodes)")
-    lowering = LowerToMatMulNBitsPass(level)
+    done = {n.op_type for n in model.graph} & set(KERNEL_OPS)
+    if done:
+        raise SmoothrotError(f"{source} is already lowered (it has {sorted(done)} nodes)")
+    lowering = LowerToMatMulNBitsPass(level, per_ic)
     lowering(model)
     NormDivPass()(model)
     if not lowering.lowered:
@@ -68,29 +77,35 @@ def _lowered_graph(source: Path, level: int) -> tuple[ir.Model, LowerToMatMulNBi
     return model, lowering
 
 
-def _exactness(source: Path, work: Path) -> dict[str, Any]:
+def _exactness(source: Path, work: Path, stage: dict[str, Any]) -> dict[str, Any]:
     """Logits of the level-0 lowering vs the QDQ model (the proof that the rewrite is exact)."""
-    model, _ = _lowered_graph(source, 0)
+    model, _ = _lowered_graph(source, 0, PerIcKernel(stage["per_ic_kernel"]))
     exact = work / "level0"
     exact.mkdir()
-    write_model_dir(model, source, load_manifest(source), exact, [])
+    write_model_dir(model, source, load_manifest(source), exact, [stage])
     return logits_probe(source, exact)
 
 
 def _report(
-    out: Path, source: Path, config: LowerConfig, lowering: LowerToMatMulNBitsPass, work: Path
+    out: Path,
+    source: Path,
+    config: LowerConfig,
+    lowering: LowerToMatMulNBitsPass,
+    work: Path,
+    stage: dict[str, Any],
 ) -> dict[str, Any]:
     counts = Counter(layer.grouping for layer in lowering.lowered)
     report: dict[str, Any] = {
         "accuracy_level": config.accuracy_level,
+        "per_ic_kernel": str(config.per_ic),
         "layers": {
             "lowered": len(lowering.lowered),
             "by_grouping": dict(counts),
-            "matmulnbits_nodes": sum(layer.nodes for layer in lowering.lowered),
+            "kernel_nodes": stage["kernel_nodes"],
             "block_sizes": dict(Counter(layer.block_size for layer in lowering.lowered)),
             "left_as_qdq": lowering.skipped,
         },
-        "exactness_level0": _exactness(source, work),
+        "exactness_level0": _exactness(source, work, stage),
         "shipped_vs_qdq": logits_probe(source, out),
         "size_bytes": {"qdq": model_bytes(source), "lowered": model_bytes(out)},
         "per_layer": jsonable(lowering.lowered),
@@ -107,8 +122,9 @@ def _markdown(r: dict[str, Any]) -> str:
     lines = [
         f"# smoothrot lowering report: ONNX Runtime CPU, accuracy level {r['accuracy_level']}",
         "",
-        f"Lowered {lay['lowered']} INT4 layers ({lay['by_grouping']}) into "
-        f"{lay['matmulnbits_nodes']} MatMulNBits nodes (block sizes {lay['block_sizes']}).",
+        f"Lowered {lay['lowered']} INT4 layers ({lay['by_grouping']}) into kernel nodes "
+        f"{lay['kernel_nodes']} (MatMulNBits block sizes {lay['block_sizes']}; per-IC kernel "
+        f"`{r['per_ic_kernel']}`).",
         f"Left as QDQ: {lay['left_as_qdq'] or 'none'}.",
         "",
         "| check (logits on {} tokens vs the QDQ model) | max abs diff | SNR dB | top-1 |".format(
@@ -140,11 +156,16 @@ def lower_model(source: Path, out: Path, config: LowerConfig = LowerConfig()) ->
     if Path(out).resolve() == Path(source).resolve():
         raise SmoothrotError("lower needs an output directory other than its input")
     start = time.perf_counter()
-    model, lowering = _lowered_graph(source, config.accuracy_level)
+    model, lowering = _lowered_graph(source, config.accuracy_level, config.per_ic)
+    kernels = dict(Counter(n.op_type for n in model.graph if n.op_type in KERNEL_OPS))
+    if PER_IC_OP in kernels:
+        library_path(build=True)  # fails here, in one line, if this machine cannot build it
     stage = {
         "stage": "lower_ort",
         "seconds": 0.0,
         "accuracy_level": config.accuracy_level,
+        "per_ic_kernel": str(config.per_ic),
+        "kernel_nodes": kernels,
         "lowered": len(lowering.lowered),
     }
     manifest = load_manifest(source)
@@ -154,5 +175,5 @@ def lower_model(source: Path, out: Path, config: LowerConfig = LowerConfig()) ->
         for name in COMPILE_REPORT_FILES:  # the compile report stays with the model it measured
             if (source / name).is_file():
                 shutil.copy(source / name, tmp / name)
-        report = _report(tmp, source, config, lowering, Path(work))
+        report = _report(tmp, source, config, lowering, Path(work), stage)
     return report

@@ -7,11 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from smoothrot.compiler.config import DType
 from smoothrot.compiler.errors import SmoothrotError
 from smoothrot.compiler.manifest import KV_PREFIX_INPUT, Manifest, load_manifest
+from smoothrot.ortops.library import DOMAIN as ORTOPS_DOMAIN
+from smoothrot.ortops.library import register as register_ortops
 
 __all__ = [
     "EXACT_ACCURACY_LEVEL",
@@ -19,6 +22,7 @@ __all__ = [
     "empty_cache",
     "greedy_generate",
     "load_tokenizer",
+    "needs_ortops",
     "session_options",
 ]
 
@@ -37,6 +41,15 @@ def session_options(accuracy_level: int = EXACT_ACCURACY_LEVEL) -> ort.SessionOp
     options.log_severity_level = 3
     options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(accuracy_level))
     return options
+
+
+def needs_ortops(model_path: Path) -> bool:
+    """Whether the model uses smoothrot's own ONNX Runtime ops (its opset imports say so)."""
+    try:
+        proto = onnx.load(str(model_path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - a damaged file: ONNX Runtime reports it in one line
+        return False
+    return any(opset.domain == ORTOPS_DOMAIN for opset in proto.opset_import)
 
 
 def empty_cache(manifest: Manifest, batch: int = 1) -> list[np.ndarray]:
@@ -64,6 +77,8 @@ class OrtDecoder:
         if threads:
             options.intra_op_num_threads = threads
         model_path = self.directory / self.manifest.model_file
+        if model_path.is_file() and needs_ortops(model_path):  # built on first use
+            register_ortops(options, build=True)
         try:
             self.session = ort.InferenceSession(
                 str(model_path), options, providers=["CPUExecutionProvider"]

@@ -14,10 +14,16 @@ is padded to whole blocks with ``q = 0``.
 - **per-OC** (axis 0, groups of ``g`` along K): ``bs`` is the largest power of two ≤ 256 that
   divides ``g`` and each group's scale is repeated ``g / bs`` times. One node, the same values.
 - **per-IC** (axis 1, groups of ``g`` along N), which MatMulNBits cannot express (its scales
-  vary along K only per block): ``Y[..., cols_j] = (X ⊙ scale[:, j]) · q[:, cols_j]`` for each
-  of the ``N / g`` column groups ``j``. Each group is one ``Mul`` by the group's per-row scale
-  vector and one MatMulNBits with unit scales; one ``Concat`` joins the groups. The same sum,
-  rounded in a different order (``(x·s)·q`` instead of ``x·(q·s)``).
+  vary along K only per block). Two kernels, chosen by ``per_ic`` (``PerIcKernel``):
+
+  - ``ortops`` (default): one ``smoothrot.ort::MatMulInt4PerIC`` node, our ONNX Runtime
+    custom op (``ortops/``; the session must register its library, which the runner does).
+  - ``split`` (standard ORT ops only): ``Y[..., cols_j] = (X ⊙ scale[:, j]) · q[:, cols_j]``
+    for each of the ``N / g`` column groups ``j``: one ``Mul`` by the group's per-row scale
+    vector and one MatMulNBits with unit scales per group, one ``Concat`` joining them. It is
+    portable but slow: ``2·N/g + 1`` nodes per layer, each with its own dispatch.
+
+  Both compute the same sum rounded in a different order (``(x·s)·q`` instead of ``x·(q·s)``).
 - ``accuracy_level`` is written on every node: 0 computes in fp32 (the QDQ graph's meaning); 4
   quantizes ``A`` to int8 per block of ``bs`` inside the kernel (faster on CPUs, lossy — the
   compiler reports perplexity at the level it ships).
@@ -25,18 +31,24 @@ is padded to whole blocks with ``q = 0``.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
 
+from smoothrot.ortops.library import DOMAIN as ORTOPS_DOMAIN
+from smoothrot.ortops.library import OP_TYPE as PER_IC_OP
+from smoothrot.ortops.library import pack_per_ic
 from smoothrot.passes._graph import Int4MatMul, match_int4_matmul, new_initializer
 
 __all__ = [
     "LOWERED_MARK",
     "MS_DOMAIN",
+    "KERNEL_OPS",
     "LowerToMatMulNBitsPass",
     "LoweredLayer",
+    "PerIcKernel",
     "matmulnbits_block",
     "pack_matmulnbits",
 ]
@@ -44,6 +56,12 @@ __all__ = [
 MS_DOMAIN = "com.microsoft"
 LOWERED_MARK = "smoothrot.lowered"  # node metadata: "<grouping>:<group>:<bs>"
 UNIT_SCALE_BLOCK = 128  # per-IC groups: unit scales, so the block only sets A's int8 blocks
+KERNEL_OPS = ("MatMulNBits", PER_IC_OP)  # the node types that read the INT4 weights
+
+
+class PerIcKernel(enum.StrEnum):
+    ORTOPS = "ortops"  # one smoothrot.ort::MatMulInt4PerIC node per layer (our custom op)
+    SPLIT = "split"  # Mul + unit-scale MatMulNBits per column group, then Concat
 
 
 def matmulnbits_block(length: int, cap: int = 256) -> int:
@@ -71,8 +89,8 @@ class LoweredLayer:
     weight: str  # the dequantized weight's name (the layer's weight name in the manifest)
     grouping: str  # "per-oc" | "per-ic"
     group: int
-    block_size: int  # MatMulNBits block_size
-    nodes: int  # MatMulNBits nodes emitted for this layer
+    block_size: int  # MatMulNBits block_size (0 for the per-IC custom op: no K blocks)
+    nodes: int  # kernel nodes (KERNEL_OPS) emitted for this layer
 
 
 def _matmulnbits(
@@ -93,7 +111,16 @@ def _lower_per_oc(graph, x, q, scale, group, level, tag) -> tuple[list[ir.Node],
     return [_matmulnbits(graph, x, q, scales, bs, level, tag)], bs
 
 
-def _lower_per_ic(graph, x, q, scale, group, level, tag) -> tuple[list[ir.Node], int]:
+def _lower_per_ic_op(graph, x, q, scale, group, level, tag) -> tuple[list[ir.Node], int]:
+    k, n = q.shape
+    packed = new_initializer(graph, f"{tag}.int4_rows", pack_per_ic(q))
+    s = new_initializer(graph, f"{tag}.ic_scale", np.ascontiguousarray(scale.T, np.float32))
+    attrs = {"K": k, "N": n, "group": group, "accuracy_level": level}
+    node = ir.node(PER_IC_OP, [x, packed, s], attributes=attrs, domain=ORTOPS_DOMAIN, name=tag)
+    return [node], 0
+
+
+def _lower_per_ic_split(graph, x, q, scale, group, level, tag) -> tuple[list[ir.Node], int]:
     k, n = q.shape
     bs = matmulnbits_block(k, UNIT_SCALE_BLOCK) or UNIT_SCALE_BLOCK
     ones = np.ones((group, -(-k // bs)), np.float32)
@@ -115,6 +142,7 @@ class LowerToMatMulNBitsPass(ir.passes.InPlacePass):
     """Every ``MatMul(X, INT4 DequantizeLinear)`` → MatMulNBits (see the module docstring)."""
 
     accuracy_level: int = 0
+    per_ic: PerIcKernel = PerIcKernel.ORTOPS
     lowered: list[LoweredLayer] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # MatMul name → why it stays QDQ
 
@@ -133,14 +161,18 @@ class LowerToMatMulNBitsPass(ir.passes.InPlacePass):
                 self.skipped[node.name or "?"] = found
                 continue
             self._lower(graph, found)
-        if self.lowered:
+        ops = {node.op_type for node in graph}
+        if "MatMulNBits" in ops:
             model.opset_imports.setdefault(MS_DOMAIN, 1)
+        if PER_IC_OP in ops:
+            model.opset_imports.setdefault(ORTOPS_DOMAIN, 1)
         return ir.passes.PassResult(model, modified=bool(self.lowered))
 
     def _lower(self, graph: ir.Graph, m: Int4MatMul) -> None:
         weight = m.dq.outputs[0]
         tag = weight.name or m.matmul.name or "linear"
-        lower = _lower_per_oc if m.axis == 0 else _lower_per_ic
+        per_ic = _lower_per_ic_op if self.per_ic is PerIcKernel.ORTOPS else _lower_per_ic_split
+        lower = _lower_per_oc if m.axis == 0 else per_ic
         try:
             nodes, bs = lower(
                 graph, m.matmul.inputs[0], m.q, m.scale, m.group, self.accuracy_level, tag
@@ -160,5 +192,5 @@ class LowerToMatMulNBitsPass(ir.passes.InPlacePass):
             for value in inputs:
                 if value is not None and not value.uses() and value.name in graph.initializers:
                     graph.initializers.pop(value.name)
-        count = sum(n.op_type == "MatMulNBits" for n in nodes)
+        count = sum(n.op_type in KERNEL_OPS for n in nodes)
         self.lowered.append(LoweredLayer(tag, grouping, m.group, bs, count))

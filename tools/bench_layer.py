@@ -2,7 +2,8 @@
 
 Each INT4 variant is built the way the compiler builds it — ``MatMul(X, DequantizeLinear(q, s))``
 written by ``quantize_rtn`` — and then lowered by ``LowerToMatMulNBitsPass``, so what is timed is
-exactly what ``smoothrot lower`` ships. Times are medians over ``--runs`` runs of ``--iters``
+exactly what ``smoothrot lower`` ships: per-OC as MatMulNBits, per-IC as our own op (``ortops``)
+and as the standard-ops fallback (``split``). Times are medians over ``--runs`` runs of ``--iters``
 calls each, all in this one process::
 
     python -m smoothrot.tools.bench_layer --shapes 576x1536 4096x4096 --m 1
@@ -21,8 +22,10 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
+from smoothrot.ortops.library import OP_TYPE as PER_IC_OP
+from smoothrot.ortops.library import register as register_ortops
 from smoothrot.passes.int4 import Grouping, fit_group_size, quantize_rtn
-from smoothrot.passes.lower_ort import LowerToMatMulNBitsPass
+from smoothrot.passes.lower_ort import LowerToMatMulNBitsPass, PerIcKernel
 
 __all__ = ["LayerTiming", "layer_model", "layer_shape", "main", "table", "time_layer"]
 
@@ -38,9 +41,15 @@ class LayerTiming:
 
 
 def layer_model(
-    k: int, n: int, grouping: Grouping | None, group: int, level: int, seed: int = 0
+    k: int,
+    n: int,
+    grouping: Grouping | None,
+    group: int,
+    level: int,
+    seed: int = 0,
+    per_ic: PerIcKernel = PerIcKernel.ORTOPS,
 ) -> ir.Model:
-    """One ``Y = X · B`` layer: fp32 (``grouping`` None) or INT4 QDQ lowered to MatMulNBits."""
+    """One ``Y = X · B`` layer: fp32 (``grouping`` None) or INT4 QDQ, lowered as it ships."""
     rng = np.random.default_rng(seed)
     b = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
     x = ir.Value(name="x", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(["m", k]))
@@ -65,7 +74,7 @@ def layer_model(
     graph.outputs.append(mm.outputs[0])
     model = ir.Model(graph, ir_version=10)
     if grouping is not None:
-        lowering = LowerToMatMulNBitsPass(level)
+        lowering = LowerToMatMulNBitsPass(level, per_ic)
         lowering(model)
         if len(lowering.lowered) != 1:
             raise RuntimeError(f"the layer was not lowered: {lowering.skipped}")
@@ -81,6 +90,8 @@ def time_layer(model: ir.Model, m: int, threads: int, runs: int, iters: int) -> 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    if any(node.op_type == PER_IC_OP for node in model.graph):
+        register_ortops(options, build=True)
     proto = ir.serde.serialize_model(model)
     session = ort.InferenceSession(
         proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
@@ -98,10 +109,11 @@ def time_layer(model: ir.Model, m: int, threads: int, runs: int, iters: int) -> 
     return statistics.median(samples)
 
 
-VARIANTS: dict[str, Grouping | None] = {
-    "fp32": None,
-    "int4 per-OC": Grouping.PER_OC,
-    "int4 per-IC": Grouping.PER_IC,
+VARIANTS: dict[str, tuple[Grouping | None, PerIcKernel]] = {
+    "fp32": (None, PerIcKernel.ORTOPS),
+    "int4 per-OC": (Grouping.PER_OC, PerIcKernel.ORTOPS),
+    "int4 per-IC (ortops)": (Grouping.PER_IC, PerIcKernel.ORTOPS),
+    "int4 per-IC (split)": (Grouping.PER_IC, PerIcKernel.SPLIT),
 }
 
 
@@ -111,9 +123,9 @@ def run(
     rows = []
     for k, n in shapes:
         iters = max(5, int(2e7 // (k * n)))
-        for name, grouping in VARIANTS.items():
+        for name, (grouping, per_ic) in VARIANTS.items():
             for level in [None] if grouping is None else levels:
-                model = layer_model(k, n, grouping, group, level or 0)
+                model = layer_model(k, n, grouping, group, level or 0, per_ic=per_ic)
                 us = time_layer(model, m, threads, runs, iters)
                 rows.append(LayerTiming(f"{k}x{n}", m, name, level, us, _weight_bytes(model)))
     return rows
@@ -133,7 +145,8 @@ def table(rows: list[LayerTiming]) -> str:
             and x.variant == "int4 per-OC"
             and x.accuracy_level == r.accuracy_level
         ]
-        ratio = f"{r.median_us / oc[0].median_us:.2f}" if r.variant == "int4 per-IC" else ""
+        per_ic = r.variant.startswith("int4 per-IC")
+        ratio = f"{r.median_us / oc[0].median_us:.2f}" if per_ic else ""
         level = "" if r.accuracy_level is None else str(r.accuracy_level)
         lines.append(
             f"| {r.shape} | {r.m} | {r.variant} | {level} | {r.median_us:.1f} | "

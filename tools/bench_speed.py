@@ -32,6 +32,7 @@ from smoothrot.compiler.manifest import load_manifest
 from smoothrot.compiler.outdir import atomic_output_dir
 from smoothrot.compiler.pipeline import CompileConfig, compile_model, write_model_dir
 from smoothrot.compiler.recipes import Recipe, Transform
+from smoothrot.passes.lower_ort import PerIcKernel
 from smoothrot.passes.norm_div import NormDivPass
 from smoothrot.passes.quantize_weights import Algorithm, GroupingMode, WeightQuantConfig
 from smoothrot.tools.bench_layer import layer_shape
@@ -52,7 +53,9 @@ class SpeedRow:
     grouping: GroupingMode = GroupingMode.PER_OC
     algorithm: Algorithm = Algorithm.RTN
     peer_lm_head: bool = False
-    evaluate: bool = False  # perplexity in the lowering report (the shipped recipe's row)
+    lm_head: bool = False  # ours: lm_head INT4 too (--quantize-lm-head)
+    per_ic: PerIcKernel = PerIcKernel.ORTOPS
+    evaluate: bool = False  # perplexity in the compile and lowering reports
 
 
 ROWS = [
@@ -68,7 +71,21 @@ ROWS = [
         evaluate=True,
     ),
     SpeedRow("ours w4a16 per-OC, rotate", Recipe.W4A16),
+    SpeedRow(
+        "ours w4a16 (shipped), lm_head INT4 too",
+        Recipe.W4A16,
+        grouping=GroupingMode.ADADIM,
+        algorithm=Algorithm.GPTQ,
+        lm_head=True,
+        evaluate=True,
+    ),
     SpeedRow("ours w4a16 per-IC, rotate", Recipe.W4A16, grouping=GroupingMode.PER_IC),
+    SpeedRow(
+        "ours w4a16 per-IC, rotate, standard ORT ops only (--per-ic split)",
+        Recipe.W4A16,
+        grouping=GroupingMode.PER_IC,
+        per_ic=PerIcKernel.SPLIT,
+    ),
     SpeedRow("ours w4a16 per-OC, no online Hadamard", Recipe.W4A16, Transform.NONE),
     SpeedRow("ours w4a16 per-OC, hybrid-online", Recipe.W4A16, Transform.HYBRID_ONLINE),
     SpeedRow("ours w4a8 per-OC, rotate", Recipe.W4A8),
@@ -93,14 +110,22 @@ def _build(row: SpeedRow, fp32: Path, dst: Path, cache: Path | None, level: int)
     if row.recipe is None:
         peer = PeerConfig(accuracy_level=level, lm_head=row.peer_lm_head)
         return quantize_with_ort(fp32, dst, peer)
-    weights = WeightQuantConfig(grouping=row.grouping, algorithm=row.algorithm)
+    weights = WeightQuantConfig(grouping=row.grouping, algorithm=row.algorithm, lm_head=row.lm_head)
     config = CompileConfig(row.recipe, row.transform, weights=weights, evaluate=row.evaluate)
     qdq = dst.with_name(f"{dst.name}.qdq")
     if not (qdq / "smoothrot.json").is_file():
         compile_model(qdq, config, onnx_dir=fp32, cache=cache)
-    lower_model(qdq, dst, LowerConfig(accuracy_level=level, evaluate=row.evaluate))
+    lowering = LowerConfig(accuracy_level=level, evaluate=row.evaluate, per_ic=row.per_ic)
+    lower_model(qdq, dst, lowering)
     shutil.rmtree(qdq)
     return dst
+
+
+def _perplexity(model: Path) -> dict[str, float]:
+    """The lowered model's perplexity where its lowering report measured it (``evaluate``)."""
+    report = model / "lowering.json"
+    ppl = json.loads(report.read_text()).get("perplexity") if report.is_file() else None
+    return {"perplexity": ppl["lowered"]} if ppl else {}
 
 
 def _bench(model: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -119,17 +144,18 @@ def _table(results: list[dict[str, Any]], bandwidth: float) -> str:
     peer = by.get(PEER, {}).get("decode_tokens_per_s")
     lines = [
         "| row | decode tok/s | × fp32 | × peer | prefill tok/s | peak RSS MiB | model MB "
-        "| MB read / token | roofline |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| MB read / token | roofline | perplexity |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         d = r["decode_tokens_per_s"]
         roof = r["decode_weight_bytes"] * d / bandwidth
+        ppl = f"{r['perplexity']:.3f}" if "perplexity" in r else ""
         lines.append(
             f"| {r['row']} | {d:.2f} | {d / fp32 if fp32 else float('nan'):.2f} | "
             f"{d / peer if peer else float('nan'):.2f} | {r['prefill_tokens_per_s']:.0f} | "
             f"{r['peak_rss_bytes'] / 2**20:.0f} | {r['model_bytes'] / 1e6:.1f} | "
-            f"{r['decode_weight_bytes'] / 1e6:.1f} | {roof:.0%} |"
+            f"{r['decode_weight_bytes'] / 1e6:.1f} | {roof:.0%} | {ppl} |"
         )
     none = by.get("ours w4a16 per-OC, no online Hadamard")
     for name in ("ours w4a16 per-OC, rotate", "ours w4a16 per-OC, hybrid-online"):
@@ -163,10 +189,18 @@ def run(args: argparse.Namespace, rows: list[SpeedRow]) -> list[dict[str, Any]]:
     results_file = out / "results.json"
     old = json.loads(results_file.read_text())["rows"] if results_file.is_file() else []
     results = [r for r in old if r["row"] not in {row.name for row in rows}]
+    models = {}
+    for row in rows:  # every build first, so the timings below run back to back
+        print(f"[bench_speed] build {row.name}", flush=True)
+        models[row.name] = _build(
+            row, args.onnx, out / "models" / _slug(row.name), args.cache, args.level
+        )
+    if args.build_only:
+        return []
     for row in rows:
-        print(f"[bench_speed] {row.name}", flush=True)
-        model = _build(row, args.onnx, out / "models" / _slug(row.name), args.cache, args.level)
-        results.append({"row": row.name, **_bench(model, args)})
+        print(f"[bench_speed] bench {row.name}", flush=True)
+        model = models[row.name]
+        results.append({"row": row.name, **_bench(model, args), **_perplexity(model)})
     order = [row.name for row in ROWS]
     results.sort(key=lambda r: order.index(r["row"]) if r["row"] in order else len(order))
     bandwidth = max(memory_bandwidth() for _ in range(3))
@@ -204,6 +238,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--layer-shapes", type=layer_shape, nargs="+", default=[(576, 1536), (4096, 4096)]
     )
     parser.add_argument("--only", nargs="+", help="row names (substring match) to (re)run")
+    parser.add_argument(
+        "--build-only", action="store_true", help="build the rows' models, measure nothing"
+    )
     return parser.parse_args(argv)
 
 

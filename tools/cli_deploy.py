@@ -6,7 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
-__all__ = ["add_accuracy_level", "add_backend", "add_bench", "add_lower", "print_lowering"]
+__all__ = [
+    "add_accuracy_level",
+    "add_backend",
+    "add_bench",
+    "add_lower",
+    "add_lowering_options",
+    "lower_config",
+    "print_lowering",
+]
 
 
 def add_backend(p: argparse.ArgumentParser) -> None:
@@ -32,17 +40,42 @@ def add_accuracy_level(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_lowering_options(p: argparse.ArgumentParser) -> None:
+    """The flags of LowerConfig (shared by `lower` and `compile --target ort`)."""
+    add_accuracy_level(p)
+    p.add_argument(
+        "--per-ic",
+        choices=["ortops", "split"],
+        default="ortops",
+        help="kernel of per-IC layers: ortops = smoothrot's ONNX Runtime op (one node per layer, "
+        "its library is compiled on this machine on first use; default); split = standard ORT "
+        "ops only (a Mul and a MatMulNBits per column group, slower)",
+    )
+
+
+def lower_config(args: argparse.Namespace):  # noqa: ANN201 - LowerConfig, imported lazily
+    from smoothrot.compiler.lower import LowerConfig
+    from smoothrot.passes.lower_ort import PerIcKernel
+
+    return LowerConfig(
+        accuracy_level=args.accuracy_level,
+        evaluate=not args.no_eval,
+        per_ic=PerIcKernel(args.per_ic),
+    )
+
+
 def add_lower(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "lower",
         help="rewrite a compiled INT4 QDQ model into ONNX Runtime's fast CPU form (MatMulNBits)",
-        description="Per-OC INT4 layers become one MatMulNBits; per-IC layers become pre-scaled "
-        "activations into one MatMulNBits per column group. Writes lowering.md/.json: "
+        description="Per-OC INT4 layers become one MatMulNBits; per-IC layers one node of "
+        "smoothrot's own ONNX Runtime op (or, with --per-ic split, pre-scaled activations into "
+        "one MatMulNBits per column group). Writes lowering.md/.json: "
         "exactness at level 0, logits and perplexity at the shipped level.",
     )
     p.add_argument("model_dir", type=Path, help="a directory written by `smoothrot compile`")
     p.add_argument("-o", "--output", required=True, type=Path, help="output directory")
-    add_accuracy_level(p)
+    add_lowering_options(p)
     p.add_argument("--no-eval", action="store_true", help="skip perplexity in the report")
     p.set_defaults(run=_run_lower)
 
@@ -63,10 +96,9 @@ def print_lowering(report: dict, out: Path) -> None:
 
 
 def _run_lower(args: argparse.Namespace) -> int:
-    from smoothrot.compiler.lower import LowerConfig, lower_model
+    from smoothrot.compiler.lower import lower_model
 
-    config = LowerConfig(accuracy_level=args.accuracy_level, evaluate=not args.no_eval)
-    print_lowering(lower_model(args.model_dir, args.output, config), args.output)
+    print_lowering(lower_model(args.model_dir, args.output, lower_config(args)), args.output)
     return 0
 
 

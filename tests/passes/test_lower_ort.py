@@ -10,8 +10,14 @@ import pytest
 from smoothrot.compiler.export import save_model
 from smoothrot.compiler.manifest import load_manifest
 from smoothrot.compiler.runner import OrtDecoder
+from smoothrot.ortops.library import register as register_ortops
 from smoothrot.passes.int4 import Grouping, fit_group_size, quantize_rtn
-from smoothrot.passes.lower_ort import LowerToMatMulNBitsPass, matmulnbits_block, pack_matmulnbits
+from smoothrot.passes.lower_ort import (
+    LowerToMatMulNBitsPass,
+    PerIcKernel,
+    matmulnbits_block,
+    pack_matmulnbits,
+)
 from smoothrot.passes.norm_div import NormDivPass
 from smoothrot.passes.quantize_weights import (
     Algorithm,
@@ -26,7 +32,9 @@ IDS = np.random.default_rng(3).integers(0, 49152, size=(1, 24))
 
 def _run(model: ir.Model, x: np.ndarray) -> np.ndarray:
     proto = ir.serde.serialize_model(model).SerializeToString()
-    session = ort.InferenceSession(proto, providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    register_ortops(options, build=True)
+    session = ort.InferenceSession(proto, options, providers=["CPUExecutionProvider"])
     return session.run(None, {"x": x})[0]
 
 
@@ -41,17 +49,27 @@ def test_block_choice_and_packing_layout():
         pack_matmulnbits(np.array([[8]]), 16)
 
 
-@pytest.mark.parametrize("grouping", [Grouping.PER_OC, Grouping.PER_IC])
+KERNELS = [
+    (Grouping.PER_OC, PerIcKernel.ORTOPS),
+    (Grouping.PER_IC, PerIcKernel.ORTOPS),
+    (Grouping.PER_IC, PerIcKernel.SPLIT),
+]
+
+
+@pytest.mark.parametrize(("grouping", "per_ic"), KERNELS)
 @pytest.mark.parametrize("shape", [(64, 96), (80, 48)])  # 80: K padded to whole blocks
-def test_single_layer_lowering_equals_its_qdq_graph(grouping, shape):
+def test_single_layer_lowering_equals_its_qdq_graph(grouping, per_ic, shape):
     k, n = shape
     x = np.random.default_rng(0).standard_normal((3, k)).astype(np.float32)
-    lowered = layer_model(k, n, grouping, 16, level=0)  # built as QDQ, then lowered
+    lowered = layer_model(k, n, grouping, 16, level=0, per_ic=per_ic)  # QDQ, then lowered
     lowered_ops = [node.op_type for node in lowered.graph]
     assert "DequantizeLinear" not in lowered_ops
-    groups = n // 16 if grouping is Grouping.PER_IC else 1
-    assert lowered_ops.count("MatMulNBits") == groups
-    assert ("Concat" in lowered_ops) == (grouping is Grouping.PER_IC)
+    split = grouping is Grouping.PER_IC and per_ic is PerIcKernel.SPLIT
+    if grouping is Grouping.PER_IC and per_ic is PerIcKernel.ORTOPS:
+        assert lowered_ops == ["MatMulInt4PerIC"]
+    else:
+        assert lowered_ops.count("MatMulNBits") == (n // 16 if split else 1)
+    assert ("Concat" in lowered_ops) == split
     rng = np.random.default_rng(0)
     b = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
     qw = quantize_rtn(b, grouping, fit_group_size((k, n)[grouping.axis], 16))
@@ -80,22 +98,33 @@ def _save(model: ir.Model, src, dst):
     return dst
 
 
-@pytest.mark.parametrize("mode", [GroupingMode.PER_OC, GroupingMode.PER_IC])
-def test_tiny_model_lowering_is_exact_at_level_0(tiny_qdq, tmp_path, mode):
+@pytest.mark.parametrize(
+    ("mode", "per_ic"),
+    [
+        (GroupingMode.PER_OC, PerIcKernel.ORTOPS),
+        (GroupingMode.PER_IC, PerIcKernel.ORTOPS),
+        (GroupingMode.PER_IC, PerIcKernel.SPLIT),
+    ],
+)
+def test_tiny_model_lowering_is_exact_at_level_0(tiny_qdq, tmp_path, mode, per_ic):
     src, models = tiny_qdq
     qdq_dir = _save(models[mode], src, tmp_path / "qdq")
     lowered = ir.load(qdq_dir / "model.onnx")
-    lowering = LowerToMatMulNBitsPass(0)
+    lowering = LowerToMatMulNBitsPass(0, per_ic)
     lowering(lowered)
     assert len(lowering.lowered) == 2 * 7 and not lowering.skipped
     assert {layer.grouping for layer in lowering.lowered} == {mode.value}
     ops = [n.op_type for n in lowered.graph]
     assert "DequantizeLinear" not in ops
-    groups = {
-        GroupingMode.PER_OC: 14,
-        GroupingMode.PER_IC: 2 * (64 + 32 + 32 + 64 + 96 + 96 + 64) // 32,
+    kernels = {  # (MatMulNBits, MatMulInt4PerIC) nodes
+        (GroupingMode.PER_OC, PerIcKernel.ORTOPS): (14, 0),
+        (GroupingMode.PER_IC, PerIcKernel.ORTOPS): (0, 14),
+        (GroupingMode.PER_IC, PerIcKernel.SPLIT): (
+            2 * (64 + 32 + 32 + 64 + 96 + 96 + 64) // 32,
+            0,
+        ),
     }
-    assert ops.count("MatMulNBits") == groups[mode]
+    assert (ops.count("MatMulNBits"), ops.count("MatMulInt4PerIC")) == kernels[(mode, per_ic)]
     used = {v.name for n in lowered.graph for v in n.inputs if v is not None}
     assert set(lowered.graph.initializers) <= used  # the INT4 QDQ constants are gone
     ref, _ = OrtDecoder(qdq_dir).forward(IDS)

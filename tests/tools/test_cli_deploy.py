@@ -20,9 +20,17 @@ def test_compile_target_ort_lowers_and_benches(capsys, tmp_path, tiny_export):
     assert report["accuracy_level"] == 4 and report["layers"]["by_grouping"] == {"per-ic": 14}
     assert report["exactness_level0"]["max_abs_logit_diff"] < 1e-3
     assert {"report.md", "lowering.md", "smoothrot.json"} <= {p.name for p in out.iterdir()}
+    assert report["per_ic_kernel"] == "ortops"
+    assert report["layers"]["kernel_nodes"] == {"MatMulInt4PerIC": 14}
     graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
-    levels = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute}
-    assert 4 in levels and not any(n.op_type == "Reciprocal" for n in graph.node)
+    levels = {
+        a.i
+        for n in graph.node
+        if n.op_type == "MatMulInt4PerIC"
+        for a in n.attribute
+        if a.name == "accuracy_level"
+    }
+    assert levels == {4} and not any(n.op_type == "Reciprocal" for n in graph.node)
 
     bench = ["bench", str(out), "--runs", "2", "--prompt-tokens", "8", "--new-tokens", "4"]
     assert main(bench + ["--json"]) == 0
@@ -30,6 +38,29 @@ def test_compile_target_ort_lowers_and_benches(capsys, tmp_path, tiny_export):
     assert result["decode_tokens_per_s"] > 0 and len(result["decode_runs"]) == 2
     assert 0 < result["decode_weight_bytes"] < result["model_bytes"]
     assert result["peak_rss_bytes"] > 0
+
+
+def test_lower_without_the_op_library_fails_in_one_line(capsys, tmp_path, tiny_export, monkeypatch):
+    from smoothrot.compiler import lower
+    from smoothrot.ortops.library import OrtOpsUnavailable
+
+    def unavailable(build: bool = True):
+        raise OrtOpsUnavailable("no C++ compiler (g++) on this machine")
+
+    monkeypatch.setattr(lower, "library_path", unavailable)
+    out = tmp_path / "ort"
+    argv = ["compile", "--onnx", str(tiny_export("llama")), "--recipe", "w4a16", "-o", str(out)]
+    argv += ["--group-size", "32", "--grouping", "per-ic", "--algorithm", "rtn"]
+    argv += ["--calibration-tokens", "1024", "--target", "ort", "--no-eval"]
+    assert main(argv) == 2  # after the compile's progress bars, one error line
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "smoothrot: error: no C++ compiler (g++) on this machine"
+    assert not any("Traceback" in line for line in err)
+    assert list(tmp_path.iterdir()) == []  # neither the output nor the QDQ leftover
+    split = argv[:-1] + ["--per-ic", "split", "--no-eval"]  # standard ops need no library
+    assert main(split) == 0
+    report = json.loads((out / "lowering.json").read_text())
+    assert report["per_ic_kernel"] == "split" and "MatMulInt4PerIC" not in str(report["layers"])
 
 
 def test_lower_and_bench_bad_input(capsys, tmp_path, tiny_export):
