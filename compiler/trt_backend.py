@@ -17,7 +17,7 @@ from typing import Any
 
 from smoothrot.compiler.errors import SmoothrotError
 
-__all__ = ["ENGINE_FILE", "TrtBackend", "load_trt", "trt_logger"]
+__all__ = ["ENGINE_FILE", "TrtBackend", "import_trt_module", "load_trt", "trt_logger"]
 
 ENGINE_FILE = "engine.trt"  # in a `smoothrot build` directory
 
@@ -42,7 +42,8 @@ class TrtBackend(enum.Enum):
         )
 
 
-def _import(name: str) -> ModuleType | None:
+def import_trt_module(name: str) -> ModuleType | None:
+    """The module ``name`` if it imports *and* has TensorRT's API, else None."""
     try:
         module = importlib.import_module(name)
         module.Builder  # noqa: B018 - the PyPI stubs of TensorRT import but have no API
@@ -55,7 +56,7 @@ def load_trt(backend: TrtBackend | None = None) -> tuple[TrtBackend, ModuleType]
     """The requested backend's module, or the first importable one (TensorRT first)."""
     for candidate in [backend] if backend is not None else list(TrtBackend):
         for name in candidate.modules:
-            module = _import(name)
+            module = import_trt_module(name)
             if module is not None:
                 return candidate, module
     if backend is not None:

@@ -21,6 +21,7 @@ import numpy as np
 import onnx_ir as ir
 
 from smoothrot.compiler.errors import SmoothrotError
+from smoothrot.compiler.trt_backend import import_trt_module
 from smoothrot.passes.int4 import Grouping
 from smoothrot.passes.lower_trt_plugins import (
     LowerToTrtPluginsPass,
@@ -40,14 +41,7 @@ REL_TOLERANCE = {ActType.FP16: 4e-3, ActType.FP32: 1e-4}
 
 
 def _module(*names: str) -> ModuleType | None:
-    for name in names:
-        try:
-            module = importlib.import_module(name)
-            module.Builder  # noqa: B018 - NVIDIA's PyPI placeholders import but have no API
-        except Exception:  # noqa: BLE001 - a broken install raises anything
-            continue
-        return module
-    return None
+    return next((m for m in map(import_trt_module, names) if m is not None), None)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from smoothrot.compiler.errors import SmoothrotError
+from smoothrot.compiler.trt_backend import import_trt_module
 from smoothrot.plugins.trt_spec import (
     ActType,
     GemmAttrs,
@@ -59,11 +60,9 @@ def trt_version(module: ModuleType) -> tuple[int, ...]:
 
 def plugin_api() -> tuple[ModuleType, ModuleType]:
     """``(tensorrt, tensorrt.plugin)``; SmoothrotError naming what to install if unusable."""
-    try:
-        trt = importlib.import_module("tensorrt")
-        trt.Builder  # noqa: B018 - NVIDIA's PyPI placeholders import but have no API
-    except Exception as exc:  # noqa: BLE001 - a broken install raises anything
-        raise SmoothrotError(f"TensorRT is not importable ({exc}): {INSTALL_HINT}") from None
+    trt = import_trt_module("tensorrt")
+    if trt is None:
+        raise SmoothrotError(f"TensorRT is not importable: {INSTALL_HINT}")
     version = trt_version(trt)
     if version[:2] < MIN_TENSORRT:
         found = ".".join(map(str, version)) or "unknown"

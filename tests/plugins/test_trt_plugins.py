@@ -96,7 +96,7 @@ def fake_trt(monkeypatch):
 
 def test_missing_tensorrt_names_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import raises ImportError
-    with pytest.raises(SmoothrotError, match=r"TensorRT is not importable .*TensorRT >= 10\.9"):
+    with pytest.raises(SmoothrotError, match=r"TensorRT is not importable: .*TensorRT >= 10\.9"):
         trt_plugins.register_plugins(arch=80)
 
 
