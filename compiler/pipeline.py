@@ -8,7 +8,9 @@
 4. if the recipe quantizes weights: save the transformed graph, calibrate it again (Hessians
    ``XᵀX`` of the inputs the quantized MatMuls will really see), then the lossy passes
    (``quant_passes``): INT4 weights, activation QDQ, KV QDQ;
-5. save, and prove/measure: logits vs the input model on a fixed 128-token input (max |Δ| and
+5. with ``tune``: block-wise reconstruction of the quantized graph against the transformed float
+   graph, folded into its constants (``compiler/tune.py``; ``tune.md`` in the output);
+6. save, and prove/measure: logits vs the input model on a fixed 128-token input (max |Δ| and
    SNR), perplexity before/after for lossy recipes; ``report.json`` + ``report.md``.
 """
 
@@ -25,7 +27,12 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from smoothrot.compiler.calibrate import CalibrationConfig, calibrate_dir, load_calibration
+from smoothrot.compiler.calibrate import (
+    CalibrationConfig,
+    calibrate_dir,
+    load_calibration,
+    token_sequences,
+)
 from smoothrot.compiler.config import ExportConfig
 from smoothrot.compiler.errors import SmoothrotError
 from smoothrot.compiler.export import export_model, save_model
@@ -34,6 +41,8 @@ from smoothrot.compiler.outdir import atomic_output_dir, check_output_dir
 from smoothrot.compiler.recipes import TRANSFORM_SMOOTH_SITES, Recipe, Transform
 from smoothrot.compiler.report import write_report
 from smoothrot.compiler.sources import resolve_source
+from smoothrot.compiler.tune import TuneConfig, TuneResult, tune_blocks
+from smoothrot.compiler.tune_report import write_tune_report
 from smoothrot.passes.fold_norm import FoldNormGammaPass
 from smoothrot.passes.model_map import LAYER_SITES, Linear, Site
 from smoothrot.passes.online_rotation import OnlineRotationPass
@@ -78,6 +87,7 @@ class CompileConfig:
     seed: int = 0
     dump_after: tuple[str, ...] = ()
     evaluate: bool = True  # perplexity before/after in the report (lossy recipes)
+    tune: TuneConfig | None = None  # BiSup block-wise tuning after the lossy passes
 
     def __post_init__(self) -> None:
         if not isinstance(self.recipe, Recipe):
@@ -88,6 +98,13 @@ class CompileConfig:
         KVQuantConfig(keep_prefix=self.kv_prefix)  # validates P
         if self.calibration_tokens < 512:
             raise ValueError(f"calibration tokens must be >= 512, got {self.calibration_tokens}")
+        if self.tune is not None and not self.recipe.spec.weights:
+            raise ValueError(f"--tune needs an INT4 recipe; {self.recipe.value} has fp weights")
+        if self.tune is not None and self.recipe.spec.kv_bits is not None:
+            raise NotImplementedError(
+                f"--tune with a quantized KV cache ({self.recipe.value}): the model map does "
+                "not yet tell the KV quantizer's MatMuls from the block's Linears"
+            )
 
     @property
     def transform_used(self) -> Transform:
@@ -208,27 +225,41 @@ def compile_model(
         for name, p in passes:
             _run_pass(stages, name, p, graph, dumps, config)
         hessian = None
+        transformed = work / "transformed"
         if spec.weights:
             key = f"hessian-{config.transform_used.value}-a{config.alpha}-s{config.seed}-{tokens}"
             cal1 = store / key
-            if not (cal1 / "index.json").is_file():
-                transformed = work / "transformed"
+            if not (cal1 / "index.json").is_file() or config.tune is not None:
                 transformed.mkdir()
                 write_model_dir(graph, onnx_dir, manifest, transformed, [])
+            if not (cal1 / "index.json").is_file():
                 cal = CalibrationConfig(tokens=tokens, hessian=True)
                 stages.timed("calibrate_hessians", lambda: calibrate_dir(transformed, cal, cal1))
             hessian = layer_lookup(cal1, manifest, "hessian")
         quant = quant_passes(config, manifest, hessian)
         for name, p in quant:
             _run_pass(stages, name, p, graph, dumps, config)
+        tuning = None
+        if config.tune is not None:
+            tuning = stages.timed("tune", lambda: _tune(graph, transformed, config.tune))
         with atomic_output_dir(out) as result:
             write_model_dir(graph, onnx_dir, manifest, result, stages.rows)
             if dumps.exists():
                 shutil.copytree(dumps, result / "dumps")
             layers = [r for _, p in quant if isinstance(p, WeightQuantPass) for r in p.results]
-            report = write_report(result, onnx_dir, config, stages.rows, layers)
+            tune_summary = write_tune_report(result, tuning) if tuning is not None else None
+            report = write_report(result, onnx_dir, config, stages.rows, layers, tune_summary)
     assert (out / MANIFEST_NAME).is_file()
     return report
+
+
+def _tune(graph: ir.Model, transformed: Path, config: TuneConfig) -> TuneResult:
+    """Tune ``graph`` (quantized) against the float graph saved in ``transformed``."""
+    manifest = load_manifest(transformed)
+    fp = ir.load(str(transformed / manifest.model_file))
+    cal = CalibrationConfig(tokens=config.sequences * config.seq, seq=config.seq, hessian=False)
+    seqs, _, _ = token_sequences(transformed, cal, None)
+    return tune_blocks(graph, fp, manifest, seqs, config)
 
 
 def _run_pass(stages: _Stages, name: str, p, graph: ir.Model, dumps: Path, config) -> None:

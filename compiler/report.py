@@ -80,7 +80,12 @@ def perplexity_pair(reference: Path, result: Path, keys: tuple[str, str]) -> dic
 
 
 def write_report(
-    result: Path, source: Path, config: Any, stages: list[dict[str, Any]], layers: list[Any]
+    result: Path,
+    source: Path,
+    config: Any,
+    stages: list[dict[str, Any]],
+    layers: list[Any],
+    tune: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Measure ``result`` against ``source`` and write report.json/.md (+ plot) into ``result``."""
     recipe = config.recipe
@@ -92,6 +97,8 @@ def write_report(
         "size_bytes": {"input": model_bytes(source), "output": model_bytes(result)},
         "stages": stages,
     }
+    if tune is not None:
+        report["tune"] = tune
     if recipe.exact:
         report["exactness"] = {k: report["logits"][k] for k in ("tokens", "max_abs_logit_diff")}
     elif config.evaluate:
@@ -151,6 +158,14 @@ def _markdown(r: dict[str, Any]) -> str:
             f"| ratio | {p['ratio']:.3f} |",
             "",
             f"({p['tokens']} predicted tokens of the {p['text']}.)",
+            "",
+        ]
+    if "tune" in r:
+        t = r["tune"]
+        lines += [
+            f"Tuned (BiSup, `--tune`): {t['kept']} of {t['blocks']} blocks kept their tuned "
+            f"constants; last block's output error {t['loss_untuned_last_block']:.3e} untuned → "
+            f"{t['loss_tuned_last_block']:.3e} tuned; see tune.md.",
             "",
         ]
     size = r["size_bytes"]

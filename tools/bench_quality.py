@@ -31,6 +31,7 @@ from smoothrot.compiler.recipes import Recipe, Transform
 from smoothrot.compiler.report import model_bytes
 from smoothrot.compiler.runner import load_tokenizer
 from smoothrot.compiler.sources import resolve_source
+from smoothrot.compiler.tune import TuneConfig
 from smoothrot.passes.quantize_weights import Algorithm, GroupingMode, WeightQuantConfig
 from smoothrot.tools.peer_ort import PeerAlgorithm, PeerConfig, quantize_with_ort
 
@@ -49,7 +50,14 @@ def _peer(algorithm: PeerAlgorithm, level: int):
     return lambda src, out, cache: quantize_with_ort(src, out, PeerConfig(algorithm, 128, level))
 
 
-def _ours(recipe: str, transform: str, grouping: str, algorithm: str, tokens: int = 4096):
+def _ours(
+    recipe: str,
+    transform: str,
+    grouping: str,
+    algorithm: str,
+    tokens: int = 4096,
+    tune: TuneConfig | None = None,
+):
     weights = WeightQuantConfig(GroupingMode(grouping), 128, Algorithm(algorithm))
     config = CompileConfig(
         Recipe(recipe),
@@ -57,6 +65,7 @@ def _ours(recipe: str, transform: str, grouping: str, algorithm: str, tokens: in
         weights=weights,
         calibration_tokens=tokens,
         evaluate=False,
+        tune=tune,
     )
 
     def build(src: Path, out: Path, cache: Path) -> Path:
@@ -84,6 +93,16 @@ ROWS: list[Row] = [
         "ours w4a4 (recipe: GPTQ AdaDim, hybrid-online)",
         "w4a4",
         _ours("w4a4", "hybrid-online", "adadim", "gptq"),
+    ),
+    Row(
+        "ours w4a16 (recipe) + --tune (BiSup)",
+        "w4a16",
+        _ours("w4a16", "rotate", "adadim", "gptq", tune=TuneConfig()),
+    ),
+    Row(
+        "ours w4a4 (recipe) + --tune (BiSup)",
+        "w4a4",
+        _ours("w4a4", "hybrid-online", "adadim", "gptq", tune=TuneConfig()),
     ),
     Row(
         "ours w4a4kv4 (recipe: GPTQ AdaDim, hybrid-online)",

@@ -196,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("smoothrot").setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
         return args.run(args)
-    except ValueError as exc:  # SmoothrotError and config validation: the user's input
+    except (ValueError, NotImplementedError) as exc:  # the user's input / a documented gap
         print(f"smoothrot: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from smoothrot.tools.cli_deploy import add_accuracy_level, print_lowering
+from smoothrot.tools.cli_deploy import add_lowering_options, lower_config, print_lowering
 
 __all__ = ["add_compile"]
 
@@ -56,6 +56,14 @@ def add_compile(sub: argparse._SubParsersAction) -> None:
         "also a runtime input `kv_fp_prefix`",
     )
     p.add_argument("--calibration-tokens", type=int, default=4096)
+    p.add_argument(
+        "--tune",
+        action="store_true",
+        help="BiSup: tune INT4 group scales and norm γ block by block against the float model "
+        "(calibration text), folded into the graph; writes tune.md",
+    )
+    p.add_argument("--tune-epochs", type=int, default=5, help="passes over the tuning sequences")
+    p.add_argument("--tune-sequences", type=int, default=32, help="128-token tuning sequences")
     p.add_argument("--seed", type=int, default=0, help="seed of any random rotation factor")
     p.add_argument("--no-eval", action="store_true", help="skip perplexity in the report")
     p.add_argument(
@@ -65,7 +73,7 @@ def add_compile(sub: argparse._SubParsersAction) -> None:
         help="qdq: the portable INT4 QDQ graph; ort: also lowered to ONNX Runtime's fast CPU "
         "form (as `smoothrot lower`; INT4 recipes only)",
     )
-    add_accuracy_level(p)
+    add_lowering_options(p)
     p.add_argument(
         "--dump-after",
         action="append",
@@ -79,6 +87,7 @@ def add_compile(sub: argparse._SubParsersAction) -> None:
 def _run_compile(args: argparse.Namespace) -> int:
     from smoothrot.compiler.pipeline import CompileConfig, compile_model
     from smoothrot.compiler.recipes import Recipe, Transform
+    from smoothrot.compiler.tune import TuneConfig
     from smoothrot.passes.quantize_weights import Algorithm, GroupingMode, WeightQuantConfig
 
     config = CompileConfig(
@@ -96,6 +105,9 @@ def _run_compile(args: argparse.Namespace) -> int:
         seed=args.seed,
         dump_after=tuple(args.dump_after),
         evaluate=not args.no_eval,
+        tune=TuneConfig(sequences=args.tune_sequences, epochs=args.tune_epochs)
+        if args.tune
+        else None,
     )
     if args.target == "ort" and not config.recipe.spec.weights:
         raise ValueError(f"--target ort needs an INT4 recipe; {args.recipe} has fp weights")
@@ -119,10 +131,9 @@ def _run_compile(args: argparse.Namespace) -> int:
 def _lower(qdq: Path, args: argparse.Namespace) -> None:
     import shutil
 
-    from smoothrot.compiler.lower import LowerConfig, lower_model
+    from smoothrot.compiler.lower import lower_model
 
-    config = LowerConfig(accuracy_level=args.accuracy_level, evaluate=not args.no_eval)
     try:
-        print_lowering(lower_model(qdq, args.output, config), args.output)
+        print_lowering(lower_model(qdq, args.output, lower_config(args)), args.output)
     finally:
         shutil.rmtree(qdq, ignore_errors=True)
