@@ -128,6 +128,13 @@ def _perplexity(model: Path) -> dict[str, float]:
     return {"perplexity": ppl["lowered"]} if ppl else {}
 
 
+def _median_round(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the median decode speed, and every round's decode speed."""
+    ranked = sorted(runs, key=lambda r: r["decode_tokens_per_s"])
+    middle = ranked[(len(ranked) - 1) // 2]
+    return {**middle, "decode_tokens_per_s_rounds": [r["decode_tokens_per_s"] for r in runs]}
+
+
 def _bench(model: Path, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "smoothrot.tools.cli", "bench", str(model), "--json"]
     cmd += ["--runs", str(args.runs), "--prompt-tokens", str(args.prompt_tokens)]
@@ -197,10 +204,15 @@ def run(args: argparse.Namespace, rows: list[SpeedRow]) -> list[dict[str, Any]]:
         )
     if args.build_only:
         return []
+    rounds: dict[str, list[dict[str, Any]]] = {row.name: [] for row in rows}
+    for r in range(args.rounds):  # round-robin: a slow spell of a shared machine hits every row
+        for row in rows:
+            print(f"[bench_speed] round {r + 1}/{args.rounds}: {row.name}", flush=True)
+            rounds[row.name].append(_bench(models[row.name], args))
     for row in rows:
-        print(f"[bench_speed] bench {row.name}", flush=True)
-        model = models[row.name]
-        results.append({"row": row.name, **_bench(model, args), **_perplexity(model)})
+        results.append(
+            {"row": row.name, **_median_round(rounds[row.name]), **_perplexity(models[row.name])}
+        )
     order = [row.name for row in ROWS]
     results.sort(key=lambda r: order.index(r["row"]) if r["row"] in order else len(order))
     bandwidth = max(memory_bandwidth() for _ in range(3))
@@ -230,7 +242,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--onnx", type=Path, required=True, help="the fp32 `smoothrot export`")
     parser.add_argument("--cache", type=Path, help="calibration statistics reused between runs")
     parser.add_argument("--level", type=int, default=4, help="MatMulNBits accuracy level")
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per `smoothrot bench`")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="round-robin rounds over the rows (median taken)"
+    )
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=0)

@@ -27,6 +27,9 @@ def test_w4a16_recipe_on_the_default_model(default_export, tmp_path):
     lowered = lower_model(out, tmp_path / "ort", LowerConfig(accuracy_level=4))
     assert lowered["layers"]["by_grouping"] == report["grouping_counts"]
     assert not lowered["layers"]["left_as_qdq"]
+    counts = report["grouping_counts"]  # one kernel node per layer: ours for per-IC
+    kernels = {"MatMulNBits": counts["per-oc"], "MatMulInt4PerIC": counts["per-ic"]}
+    assert lowered["layers"]["kernel_nodes"] == kernels
     assert lowered["exactness_level0"]["max_abs_logit_diff"] < 1e-3
     assert abs(lowered["perplexity"]["qdq_level0"] - ppl["after"]) < 1e-9
     assert abs(lowered["perplexity"]["ratio"] - 1) <= 0.01, lowered["perplexity"]

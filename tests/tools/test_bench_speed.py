@@ -8,16 +8,18 @@ from smoothrot.tools.bench_speed import FP32, PEER, ROWS, parse_args, run
 def test_bench_speed_rows_on_a_tiny_model(tmp_path, tiny_export):
     out = tmp_path / "speed"
     argv = ["-o", str(out), "--onnx", str(tiny_export("llama")), "--runs", "1"]
+    argv += ["--rounds", "2"]
     argv += ["--prompt-tokens", "8", "--new-tokens", "4", "--layer-shapes", "64x96"]
     wanted = {FP32, PEER, "ours w4a16 per-OC, rotate", "ours w4a16 per-OC, no online Hadamard"}
     rows = [r for r in ROWS if r.name in wanted]
     results = run(parse_args(argv), rows)
     assert [r["row"] for r in results] == [r.name for r in rows]
     assert all(r["decode_tokens_per_s"] > 0 for r in results)
+    assert all(len(r["decode_tokens_per_s_rounds"]) == 2 for r in results)
     fp32, peer, ours = results[0], results[1], results[2]
     assert ours["model_bytes"] < fp32["model_bytes"] and peer["model_bytes"] < fp32["model_bytes"]
     text = (out / "results.md").read_text()
     assert "Online Hadamard share of decode time" in text and "× peer" in text
     payload = json.loads((out / "results.json").read_text())
-    assert payload["memory_bandwidth_bytes_per_s"] > 0 and len(payload["layers"]) == 3
+    assert payload["memory_bandwidth_bytes_per_s"] > 0 and len(payload["layers"]) == 4
     assert (out / "decode_speed.png").stat().st_size > 0
