@@ -29,12 +29,28 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
+from smoothrot.compiler.manifest import Manifest
 from smoothrot.compiler.torch_ops import OPS, TORCH_DTYPES, OpContext
 
-__all__ = ["TorchGraph"]
+__all__ = ["TorchGraph", "torch_feeds"]
 
 _NARROW = {ir.DataType.INT4: np.int8, ir.DataType.UINT4: np.uint8}
 _MIN_OPSET = 13  # the op table implements opset >= 13 semantics (axes as inputs, Softmax axis)
+
+
+def torch_feeds(manifest: Manifest, ids: np.ndarray) -> dict[str, torch.Tensor]:
+    """The decoder graph's inputs for token ids ``[B, S]`` with an empty past (a prefill), as
+    ``OrtDecoder.forward`` builds them."""
+    batch, seq = ids.shape
+    d = manifest.dims
+    env = {
+        "input_ids": torch.from_numpy(np.asarray(ids, np.int64)),
+        "attention_mask": torch.ones((batch, seq), dtype=torch.int64),
+        "position_ids": torch.arange(seq, dtype=torch.int64).expand(batch, seq).clone(),
+    }
+    for name in manifest.past_names:
+        env[name] = torch.zeros((batch, d.kv_heads, 0, d.head_dim), dtype=torch.float32)
+    return env
 
 
 def _to_torch(tensor: ir.TensorProtocol) -> torch.Tensor:

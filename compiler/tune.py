@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from smoothrot.compiler.graph_blocks import Block, decoder_blocks
 from smoothrot.compiler.manifest import Manifest
-from smoothrot.compiler.torch_graph import TorchGraph
+from smoothrot.compiler.torch_graph import TorchGraph, torch_feeds
 from smoothrot.passes._graph import constant_array, private_constant
 from smoothrot.passes.model_map import DecoderLayer, build_model_map
 
@@ -97,19 +97,6 @@ def _tuned_constants(graph: ir.Graph, layer: DecoderLayer, gamma: bool) -> list[
     return values
 
 
-def _feeds(manifest: Manifest, ids: np.ndarray) -> dict[str, torch.Tensor]:
-    batch, seq = ids.shape
-    d = manifest.dims
-    env = {
-        "input_ids": torch.from_numpy(ids),
-        "attention_mask": torch.ones((batch, seq), dtype=torch.int64),
-        "position_ids": torch.arange(seq, dtype=torch.int64).expand(batch, seq).clone(),
-    }
-    for name in manifest.past_names:
-        env[name] = torch.zeros((batch, d.kv_heads, 0, d.head_dim), dtype=torch.float32)
-    return env
-
-
 def _relative_mse(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((y - target) ** 2).mean() / (target**2).mean().clamp_min(1e-30)
 
@@ -123,7 +110,8 @@ class _Side:
         needed = {v.name for b in self.blocks for n in b.nodes for v in n.inputs if v is not None}
         with torch.no_grad():
             self.env = [
-                self.runner.run(_feeds(manifest, ids), prologue, keep=needed) for ids in batches
+                self.runner.run(torch_feeds(manifest, ids), prologue, keep=needed)
+                for ids in batches
             ]
         first = self.blocks[0].input
         self.x = [env.pop(first) for env in self.env]  # the residual entering the next block

@@ -14,7 +14,7 @@ from smoothrot.compiler.manifest import Manifest, load_manifest
 from smoothrot.compiler.pipeline import CompileConfig, compile_model
 from smoothrot.compiler.recipes import Recipe
 from smoothrot.compiler.runner import OrtDecoder
-from smoothrot.compiler.torch_graph import TorchGraph
+from smoothrot.compiler.torch_graph import TorchGraph, torch_feeds
 from smoothrot.passes.model_map import ModelMapError, build_model_map
 from smoothrot.passes.quantize_weights import Algorithm, GroupingMode, WeightQuantConfig
 
@@ -38,24 +38,10 @@ def _ids(manifest: Manifest, batch: int, seq: int) -> np.ndarray:
     return np.random.default_rng(0).integers(0, manifest.dims.vocab, (batch, seq))
 
 
-def _feeds(manifest: Manifest, ids: np.ndarray) -> dict[str, torch.Tensor]:
-    """As ``OrtDecoder.forward`` builds them, with an empty past."""
-    batch, seq = ids.shape
-    d = manifest.dims
-    env = {
-        "input_ids": torch.from_numpy(ids),
-        "attention_mask": torch.ones((batch, seq), dtype=torch.int64),
-        "position_ids": torch.arange(seq).expand(batch, seq).clone(),
-    }
-    for name in manifest.past_names:
-        env[name] = torch.zeros((batch, d.kv_heads, 0, d.head_dim))
-    return env
-
-
 def _torch_logits(directory, ids: np.ndarray) -> np.ndarray:
     model, manifest = _load(directory)
     with torch.no_grad():
-        out = TorchGraph(model).run(_feeds(manifest, ids), keep=["logits"])
+        out = TorchGraph(model).run(torch_feeds(manifest, ids), keep=["logits"])
     return out["logits"].numpy()
 
 
@@ -93,8 +79,8 @@ def test_prologue_blocks_and_head_reproduce_the_whole_graph(tiny_w4a4):
         assert all(lin.dequantize in block.nodes for lin in layer.linears())
     needed = {v.name for b in blocks for n in b.nodes for v in n.inputs if v is not None}
     with torch.no_grad():
-        whole = runner.run(_feeds(manifest, ids), keep=["logits"])["logits"]
-        env = runner.run(_feeds(manifest, ids), prologue, keep=needed)
+        whole = runner.run(torch_feeds(manifest, ids), keep=["logits"])["logits"]
+        env = runner.run(torch_feeds(manifest, ids), prologue, keep=needed)
         x = env[blocks[0].input]
         for block in blocks:
             x = runner.run({**env, block.input: x}, block.nodes, keep=[block.output])[block.output]
@@ -114,7 +100,7 @@ def test_gradient_reaches_an_int4_weight_scale(tiny_w4a4):
     base = runner.constant(name)
     assert base is not None and base.dim() == 2  # blocked: [K / group, N]
     scale = torch.nn.Parameter(base.clone())
-    feeds = _feeds(manifest, _ids(manifest, 1, 8))
+    feeds = torch_feeds(manifest, _ids(manifest, 1, 8))
     with torch.no_grad():
         env = {**feeds, **runner.run(feeds, prologue)}
     out = runner.run(env, blocks[0].nodes, overrides={name: scale}, keep=[blocks[0].output])

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from smoothrot.ortops import (
+from smoothrot.ortops.library import (
     DOMAIN,
     OP_TYPE,
     OrtOpsUnavailable,
