@@ -15,6 +15,11 @@ nodes, shapes and speed as the untuned one:
   codes stay those RTN / GPTQ chose; only their scales move.
 - every RMSNorm's γ: ``γ = γ₀·exp(φ)``, a per-channel smoothing vector learned in front of the
   activation quantizer (before the online Hadamard where there is one).
+- every INT4 activation quantizer's clipping: its scale is ``absmax(x) / d`` with ``d = 7`` as
+  inserted (no clipping); tuning ``d = 7·exp(ψ)`` (one scalar per quantizer, the ``Div``'s
+  constant) lets it trade the rounding error of all values for the saturation of the few
+  largest, the per-token clipping ratio ``7 / d`` of QuaRot / OmniQuant, learned. INT8
+  quantizers (w4a8) keep 127: the TensorRT W4A8 plugin expects the form as inserted.
 
 The loss is the block output's mean squared error relative to the float output's mean square.
 A block whose tuned loss is not below its untuned loss keeps its untuned constants, so tuning
@@ -35,7 +40,7 @@ from tqdm import tqdm
 from smoothrot.compiler.graph_blocks import Block, decoder_blocks
 from smoothrot.compiler.manifest import Manifest
 from smoothrot.compiler.torch_graph import TorchGraph, torch_feeds
-from smoothrot.passes._graph import constant_array, private_constant
+from smoothrot.passes._graph import ACT_QUANT_MARK, constant_array, private_constant
 from smoothrot.passes.model_map import DecoderLayer, build_model_map
 
 __all__ = ["BlockTuning", "TuneConfig", "TuneResult", "tune_blocks"]
@@ -46,9 +51,10 @@ class TuneConfig:
     sequences: int = 32  # calibration sequences (from the calibration text, never the eval text)
     seq: int = 128  # tokens per sequence
     batch: int = 8  # sequences per optimizer step
-    epochs: int = 5  # passes over the sequences per block
+    epochs: int = 15  # passes over the sequences per block (60 Adam steps at the defaults)
     lr: float = 5e-3  # Adam, on the log-scale parameters θ and φ
     gamma: bool = True  # tune the RMSNorm γ as well as the weight scales
+    act_clip: bool = True  # tune the INT4 activation quantizers' clipping ratios
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -82,19 +88,37 @@ class BlockTuning:
 class TuneResult:
     config: TuneConfig
     blocks: list[BlockTuning] = field(default_factory=list)
+    act_clip_quantizers: int = 0  # INT4 activation quantizers whose clipping was tuned
 
 
-def _tuned_constants(graph: ir.Graph, layer: DecoderLayer, gamma: bool) -> list[ir.Value]:
-    """The constants tuned in one block: weight scales (INT4 layers) and the norms' γ."""
+def _int4_clip_divisor(x: ir.Value) -> ir.Node | None:
+    """The ``Div(absmax, 7)`` of the INT4 activation QDQ that produced ``x`` (None if none)."""
+    dq = x.producer()
+    if dq is None or dq.metadata_props.get(ACT_QUANT_MARK) != "int4":
+        return None
+    scale = dq.inputs[1].producer() if dq.inputs[1] is not None else None
+    div = scale.inputs[0].producer() if scale is not None and scale.inputs[0] else None
+    if div is None or div.op_type != "Div" or div.metadata_props.get(ACT_QUANT_MARK) != "int4":
+        raise ValueError(f"activation QDQ {dq.name!r} is not in the form the tuner knows")
+    return div
+
+
+def _tuned_constants(layer: DecoderLayer, config: TuneConfig) -> tuple[list[ir.Value], int]:
+    """The constants tuned in one block: weight scales (INT4 layers), the norms' γ and the
+    INT4 activation quantizers' clipping divisors (the second value counts these)."""
     values = []
     for lin in layer.linears():
         dq = lin.dequantize
         if dq is not None:
             values.append(private_constant(dq, 1))
-    if gamma:
+    if config.gamma:
         for norm in (layer.attn_norm, layer.mlp_norm):
             values.append(private_constant(norm.node, list(norm.node.inputs).index(norm.gamma)))
-    return values
+    divs = {}
+    if config.act_clip:
+        divs = {id(d): d for lin in layer.linears() if (d := _int4_clip_divisor(lin.input))}
+        values += [private_constant(div, 1) for div in divs.values()]
+    return values, len(divs)
 
 
 def _relative_mse(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -185,11 +209,12 @@ def tune_blocks(
     batches = _batches(seqs, config)
     layers = build_model_map(quant, manifest.dims).require().layers
     # Before the graph is read: a shared constant (the exporter dedupes equal γ) gets a copy.
-    tuned_values = [_tuned_constants(quant.graph, layer, config.gamma) for layer in layers]
+    tuned = [_tuned_constants(layer, config) for layer in layers]
+    tuned_values = [values for values, _ in tuned]
     fp_side, q_side = _Side(fp, manifest, batches), _Side(quant, manifest, batches)
     if len(fp_side.blocks) != len(q_side.blocks) or len(layers) != len(q_side.blocks):
         raise ValueError("the float and quantized graphs have different decoder blocks")
-    result = TuneResult(config)
+    result = TuneResult(config, act_clip_quantizers=sum(clips for _, clips in tuned))
     untuned_x = list(q_side.x)  # the chain of untuned blocks, for the report
     bar = tqdm(range(len(layers)), desc="tune", unit="block", disable=not progress)
     for i in bar:

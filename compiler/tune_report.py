@@ -19,6 +19,7 @@ def _summary(result: TuneResult) -> dict[str, Any]:
         "config": asdict(result.config),
         "blocks": len(blocks),
         "kept": sum(b.kept for b in blocks),
+        "act_clip_quantizers": result.act_clip_quantizers,
         "parameters": sum(b.parameters for b in blocks if b.kept),
         "loss_untuned_last_block": blocks[-1].loss_untuned if blocks else None,
         "loss_tuned_last_block": blocks[-1].loss_after if blocks else None,
@@ -27,14 +28,16 @@ def _summary(result: TuneResult) -> dict[str, Any]:
 
 
 def _markdown(summary: dict[str, Any], result: TuneResult) -> str:
-    c = result.config
+    c, clips = result.config, result.act_clip_quantizers
     lines = [
         "# smoothrot tuning report (BiSup block-wise reconstruction)",
         "",
         f"{c.sequences} calibration sequences × {c.seq} tokens, batch {c.batch}, {c.epochs} "
         f"epochs ({c.steps} Adam steps per block, lr {c.lr}), seed {c.seed}; tuned: INT4 group "
-        f"scales{' and RMSNorm γ' if c.gamma else ''}. {summary['kept']} of {summary['blocks']} "
-        f"blocks kept their tuned constants ({summary['parameters']} scalars); "
+        f"scales{', RMSNorm γ' if c.gamma else ''}"
+        f"{f', {clips} INT4 activation clipping ratios' if clips else ''}. "
+        f"{summary['kept']} of {summary['blocks']} blocks kept their tuned constants "
+        f"({summary['parameters']} scalars); "
         f"{summary['seconds']} s.",
         "",
         "Loss: the block output's mean squared error relative to the float block's mean square, "

@@ -59,10 +59,11 @@ def add_compile(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tune",
         action="store_true",
-        help="BiSup: tune INT4 group scales and norm γ block by block against the float model "
+        help="BiSup: tune INT4 group scales, norm γ and INT4 activation clipping block by block "
+        "against the float model "
         "(calibration text), folded into the graph; writes tune.md",
     )
-    p.add_argument("--tune-epochs", type=int, default=5, help="passes over the tuning sequences")
+    p.add_argument("--tune-epochs", type=int, default=15, help="passes over the tuning sequences")
     p.add_argument("--tune-sequences", type=int, default=32, help="128-token tuning sequences")
     p.add_argument("--seed", type=int, default=0, help="seed of any random rotation factor")
     p.add_argument("--no-eval", action="store_true", help="skip perplexity in the report")

@@ -5,12 +5,16 @@ import json
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 
+from smoothrot.compiler.manifest import load_manifest
 from smoothrot.compiler.pipeline import CompileConfig, compile_model
 from smoothrot.compiler.recipes import Recipe
 from smoothrot.compiler.runner import OrtDecoder
-from smoothrot.compiler.tune import TuneConfig
+from smoothrot.compiler.tune import TuneConfig, _tuned_constants
+from smoothrot.passes._graph import ACT_QUANT_MARK
+from smoothrot.passes.model_map import build_model_map
 from smoothrot.passes.quantize_weights import Algorithm, GroupingMode, WeightQuantConfig
 from tests.tools.test_cli import _fails_cleanly
 
@@ -47,9 +51,10 @@ def test_tuned_graph_has_the_untuned_structure(tuned_pair):
     ]
     shapes = sorted((tuple(t.dims), t.data_type) for t in a.initializer)
     tuned_shapes = sorted((tuple(t.dims), t.data_type) for t in b.initializer)
-    # A γ the exporter shared between norms gets one private copy per norm; nothing else is new.
+    # A γ the exporter shared between norms gets one private copy per norm, and each INT4
+    # activation quantizer its own clipping divisor (a scalar); nothing else is new.
     extra = [s for s in tuned_shapes if s not in shapes or tuned_shapes.count(s) > shapes.count(s)]
-    assert all(len(dims) == 1 for dims, _ in extra)
+    assert extra and all(len(dims) <= 1 for dims, _ in extra)
     int4 = {t.name: onnx.numpy_helper.to_array(t) for t in a.initializer if t.data_type == 22}
     same = {t.name: onnx.numpy_helper.to_array(t) for t in b.initializer if t.name in int4}
     assert int4 and all(np.array_equal(int4[k], same[k]) for k in int4)  # the INT4 codes stay
@@ -70,6 +75,35 @@ def test_tuning_lowers_the_accumulated_block_error(tuned_pair):
     ours, _ = OrtDecoder(tuned).forward(IDS)
     assert np.abs(ours - untuned).max() > 1e-3
     assert np.isfinite(ours).all() and ours.shape == ref.shape
+
+
+def _clip_divisors(directory) -> list[float]:
+    """The constant each INT4 activation quantizer divides its absmax by (7 as inserted)."""
+    graph = ir.load(str(directory / "model.onnx")).graph
+    return [
+        float(n.inputs[1].const_value.numpy())
+        for n in graph
+        if n.op_type == "Div" and n.metadata_props.get(ACT_QUANT_MARK) == "int4"
+    ]
+
+
+def test_int4_activation_clipping_is_tuned(tuned_pair):
+    _, plain, tuned = tuned_pair
+    assert set(_clip_divisors(plain)) == {7.0}
+    divisors = _clip_divisors(tuned)
+    assert len(divisors) == 8  # 2 layers × (qkv, o, gate/up, down)
+    assert any(d != 7.0 for d in divisors) and all(3.5 < d < 14 for d in divisors)
+    assert "8 INT4 activation clipping ratios" in (tuned / "tune.md").read_text()
+
+
+def test_int8_activation_quantizers_are_not_tuned(tiny_export, tmp_path):
+    """w4a8 keeps ``absmax / 127``, the form the TensorRT W4A8 plugin lowering expects."""
+    _compile(tiny_export("llama"), tmp_path / "w4a8", None, Recipe.W4A8)
+    model = ir.load(str(tmp_path / "w4a8" / "model.onnx"))
+    layers = build_model_map(model, load_manifest(tmp_path / "w4a8").dims).require().layers
+    tuned = {v.name for layer in layers for v in _tuned_constants(layer, TUNE)[0]}
+    divs = [n for n in model.graph if n.op_type == "Div" and n.metadata_props.get(ACT_QUANT_MARK)]
+    assert divs and not tuned & {n.inputs[1].name for n in divs}
 
 
 def test_tuning_is_deterministic(tuned_pair, tmp_path):
