@@ -88,8 +88,8 @@ def trt_graph(
     model = ir.load(str(source / manifest.model_file))
     if any(n.domain in (MS_DOMAIN, ORTOPS_DOMAIN) for n in model.graph):
         raise SmoothrotError(
-            f"{source} is lowered for ONNX Runtime (MatMulNBits nodes); build from the "
-            "QDQ model that `smoothrot compile --target qdq` writes"
+            f"{source} is lowered for ONNX Runtime (MatMulNBits or smoothrot.ort nodes); build "
+            "from the QDQ model that `smoothrot compile --target qdq` writes"
         )
     info: dict[str, Any] = {}
     if plugins:

@@ -34,8 +34,14 @@ from smoothrot.compiler.outdir import atomic_output_dir, check_output_dir
 from smoothrot.compiler.pipeline import write_model_dir
 from smoothrot.compiler.report import jsonable, logits_probe, model_bytes, perplexity_pair
 from smoothrot.ortops.library import OP_TYPE as PER_IC_OP
+from smoothrot.ortops.library import OP_TYPE_PER_OC as PER_OC_OP
 from smoothrot.ortops.library import library_path
-from smoothrot.passes.lower_ort import KERNEL_OPS, LowerToMatMulNBitsPass, PerIcKernel
+from smoothrot.passes.lower_ort import (
+    KERNEL_OPS,
+    LowerToMatMulNBitsPass,
+    PerIcKernel,
+    PerOcKernel,
+)
 from smoothrot.passes.norm_div import NormDivPass
 
 __all__ = ["DEFAULT_ACCURACY_LEVEL", "LowerConfig", "lower_model"]
@@ -52,22 +58,24 @@ class LowerConfig:
     accuracy_level: int = DEFAULT_ACCURACY_LEVEL
     evaluate: bool = True  # perplexity of the QDQ and the lowered model in the report
     per_ic: PerIcKernel = PerIcKernel.ORTOPS
+    per_oc: PerOcKernel = PerOcKernel.ORTOPS
 
     def __post_init__(self) -> None:
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise ValueError(f"accuracy level must be 0..4, got {self.accuracy_level}")
         PerIcKernel(self.per_ic)
+        PerOcKernel(self.per_oc)
 
 
 def _lowered_graph(
-    source: Path, level: int, per_ic: PerIcKernel
+    source: Path, level: int, per_ic: PerIcKernel, per_oc: PerOcKernel
 ) -> tuple[ir.Model, LowerToMatMulNBitsPass]:
     manifest = load_manifest(source)
     model = ir.load(str(source / manifest.model_file))
     done = {n.op_type for n in model.graph} & set(KERNEL_OPS)
     if done:
         raise SmoothrotError(f"{source} is already lowered (it has {sorted(done)} nodes)")
-    lowering = LowerToMatMulNBitsPass(level, per_ic)
+    lowering = LowerToMatMulNBitsPass(level, per_ic, per_oc)
     lowering(model)
     NormDivPass()(model)
     if not lowering.lowered:
@@ -79,7 +87,8 @@ def _lowered_graph(
 
 def _exactness(source: Path, work: Path, stage: dict[str, Any]) -> dict[str, Any]:
     """Logits of the level-0 lowering vs the QDQ model (the proof that the rewrite is exact)."""
-    model, _ = _lowered_graph(source, 0, PerIcKernel(stage["per_ic_kernel"]))
+    kernels = PerIcKernel(stage["per_ic_kernel"]), PerOcKernel(stage["per_oc_kernel"])
+    model, _ = _lowered_graph(source, 0, *kernels)
     exact = work / "level0"
     exact.mkdir()
     write_model_dir(model, source, load_manifest(source), exact, [stage])
@@ -98,6 +107,7 @@ def _report(
     report: dict[str, Any] = {
         "accuracy_level": config.accuracy_level,
         "per_ic_kernel": str(config.per_ic),
+        "per_oc_kernel": str(config.per_oc),
         "layers": {
             "lowered": len(lowering.lowered),
             "by_grouping": dict(counts),
@@ -124,7 +134,7 @@ def _markdown(r: dict[str, Any]) -> str:
         "",
         f"Lowered {lay['lowered']} INT4 layers ({lay['by_grouping']}) into kernel nodes "
         f"{lay['kernel_nodes']} (MatMulNBits block sizes {lay['block_sizes']}; per-IC kernel "
-        f"`{r['per_ic_kernel']}`).",
+        f"`{r['per_ic_kernel']}`, per-OC kernel `{r['per_oc_kernel']}`).",
         f"Left as QDQ: {lay['left_as_qdq'] or 'none'}.",
         "",
         "| check (logits on {} tokens vs the QDQ model) | max abs diff | SNR dB | top-1 |".format(
@@ -156,15 +166,16 @@ def lower_model(source: Path, out: Path, config: LowerConfig = LowerConfig()) ->
     if Path(out).resolve() == Path(source).resolve():
         raise SmoothrotError("lower needs an output directory other than its input")
     start = time.perf_counter()
-    model, lowering = _lowered_graph(source, config.accuracy_level, config.per_ic)
+    model, lowering = _lowered_graph(source, config.accuracy_level, config.per_ic, config.per_oc)
     kernels = dict(Counter(n.op_type for n in model.graph if n.op_type in KERNEL_OPS))
-    if PER_IC_OP in kernels:
+    if set(kernels) & {PER_IC_OP, PER_OC_OP}:
         library_path(build=True)  # fails here, in one line, if this machine cannot build it
     stage = {
         "stage": "lower_ort",
         "seconds": 0.0,
         "accuracy_level": config.accuracy_level,
         "per_ic_kernel": str(config.per_ic),
+        "per_oc_kernel": str(config.per_oc),
         "kernel_nodes": kernels,
         "lowered": len(lowering.lowered),
     }

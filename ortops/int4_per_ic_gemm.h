@@ -12,10 +12,11 @@ namespace smoothrot_ortops {
 
 constexpr int64_t kPanel = 16;  // output channels per panel
 
-// panel[k * 16 + c] = scales[n / group, k] * q[n, k] for n = n0 + c < n1 (0 otherwise), k < K.
-// rows: scratch of 16 * round_up(K, 16) floats.
-inline void dequant_panel(const uint8_t* B, const float* S, int64_t K, int64_t group, int64_t n0,
-                          int64_t n1, float* rows, float* panel) {
+// panel[k * 16 + c] = scale(n, k) * q[n, k] for n = n0 + c < n1 (0 otherwise), k < K, with
+// scale(n, k) = scales[n / group, k] (per-IC) or scales[n, k / group] (per_oc; group % 16 == 0).
+// rows: scratch of 16 * round_up(K, 16) floats; wide: scratch of K floats (per-OC scales).
+inline void dequant_panel(const uint8_t* B, const float* S, int64_t K, int64_t group, bool per_oc,
+                          int64_t n0, int64_t n1, float* rows, float* panel, float* wide) {
   const int64_t Kb = (K + 1) / 2, K16 = round_up(K, 16);
   for (int64_t c = 0; c < kPanel; ++c) {
     float* out = rows + c * K16;
@@ -26,6 +27,10 @@ inline void dequant_panel(const uint8_t* B, const float* S, int64_t K, int64_t g
     }
     const uint8_t* row = B + n * Kb;
     const float* s = S + (n / group) * K;
+    if (per_oc) {  // this row's group scales, one per k (K / group of them)
+      for (int64_t k = 0; k < K; ++k) wide[k] = S[n * (K / group) + k / group];
+      s = wide;
+    }
     int64_t k = 0;
 #ifdef __AVX2__
     const __m128i m4 = _mm_set1_epi8(0xF), eight = _mm_set1_epi8(8);

@@ -35,9 +35,13 @@ inline float hsum(__m256 v) {
 #endif
 
 // ---------------------------------------------------------------- activation preparation
-// tmp (length round_up(K, 64)) = a * s, zero padded.
+// tmp (length round_up(K, 64)) = a * s (a itself where s is null: per-OC), zero padded.
 inline void scale_padded(const float* a, const float* s, int64_t K, float* tmp) {
   int64_t k = 0;
+  if (s == nullptr) {
+    std::memcpy(tmp, a, sizeof(float) * K);
+    k = K;
+  }
 #ifdef __AVX2__
   for (; k + 8 <= K; k += 8)
     _mm256_storeu_ps(tmp + k, _mm256_mul_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(s + k)));
@@ -180,9 +184,11 @@ inline void gemv_f32(const float* xsp, float corr, const uint8_t* B, int64_t Kb,
 // ---------------------------------------------------------------- level 4: int8 activations
 // Pair p covers 64 k (32 weight bytes; blocks 2p and 2p+1 of 32 k).
 // xq[64p + i] = q(xs[64p + 2i]), xq[64p + 32 + i] = q(xs[64p + 2i + 1]) for i < 32;
-// sv[8p .. 8p+4) = d(2p), sv[8p+4 .. 8p+8) = d(2p+1); returns corr = -8 * sum_b d_b * sum(xq_b).
+// sv[8p .. 8p+4) = d(2p), sv[8p+4 .. 8p+8) = d(2p+1); returns corr = -8 * sum_b d_b * sum(xq_b),
+// and, where bcorr is not null, each block's share of it in bcorr[b] (per-OC weight scales
+// multiply it group by group).
 inline float quantize_i8(const float* a, const float* s, int64_t K, float* tmp, int8_t* xq,
-                         float* sv) {
+                         float* sv, float* bcorr = nullptr) {
   scale_padded(a, s, K, tmp);
   const int64_t K64 = round_up(K, 64);
   float corr = 0.0f;
@@ -233,6 +239,7 @@ inline float quantize_i8(const float* a, const float* s, int64_t K, float* tmp, 
     const float d = amax / 127.0f;
     for (int i = 0; i < 4; ++i) sv[8 * p + 4 * half + i] = d;
     corr -= 8.0f * d * static_cast<float>(sum);
+    if (bcorr != nullptr) bcorr[b] = -8.0f * d * static_cast<float>(sum);
   }
   return corr;
 }
@@ -296,6 +303,83 @@ inline void gemv_i8(const int8_t* xq, const float* sv, float corr, const uint8_t
       acc += static_cast<float>(sum) * sv[8 * (j0 / 32) + 4 * ((j0 / 16) % 2)];
     }
     y[n - n0] = acc + corr;
+  }
+#endif
+}
+
+// ---------------------------------------------------------------- per-OC (MatMulInt4PerOC)
+// Row n's scales ws[n, g] change along k every `group` (a multiple of 64, so a group is whole
+// pairs): y[n] = sum_g ws[n, g] * (sum_{pairs p of g} d_p . dot_p + gcorr[g]), gcorr[g] the
+// "- 8" of group g (sum of its blocks' bcorr). One int8 activation vector serves every row.
+#ifdef __AVX2__
+template <int R>
+inline void dot_i8_rows_oc(const int8_t* xq, const float* sv, const float* gcorr,
+                           const uint8_t* const* w, const float* const* ws, int64_t groups,
+                           int64_t pairs_per_group, float* y) {
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  const __m256i m4 = _mm256_set1_epi8(0xF), ones = _mm256_set1_epi16(1);
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256 part[R];
+    for (int r = 0; r < R; ++r) part[r] = _mm256_setzero_ps();
+    for (int64_t p = g * pairs_per_group; p < (g + 1) * pairs_per_group; ++p) {
+      const __m256i xlo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 64 * p));
+      const __m256i xhi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 64 * p + 32));
+      const __m256 s = _mm256_loadu_ps(sv + 8 * p);
+      for (int r = 0; r < R; ++r) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r] + 32 * p));
+        const __m256i lo = _mm256_and_si256(v, m4);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        const __m256i p16 =
+            _mm256_add_epi16(_mm256_maddubs_epi16(lo, xlo), _mm256_maddubs_epi16(hi, xhi));
+        part[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), s, part[r]);
+      }
+    }
+    // gcorr[g] spread over the 8 lanes so that hsum(acc) adds it once.
+    const __m256 c = _mm256_set1_ps(gcorr[g] * 0.125f);
+    for (int r = 0; r < R; ++r)
+      acc[r] = _mm256_fmadd_ps(_mm256_add_ps(part[r], c), _mm256_set1_ps(ws[r][g]), acc[r]);
+  }
+  for (int r = 0; r < R; ++r) y[r] = hsum(acc[r]);
+}
+#endif
+
+// y[n - n0] for n in [n0, n1); WS: scales [N, groups]; K = 64 * groups * pairs_per_group.
+inline void gemv_i8_oc(const int8_t* xq, const float* sv, const float* gcorr, const uint8_t* B,
+                       const float* WS, int64_t groups, int64_t pairs_per_group, int64_t n0,
+                       int64_t n1, float* y) {
+  const int64_t Kb = 32 * groups * pairs_per_group;
+  int64_t n = n0;
+#ifdef __AVX2__
+  for (; n + 4 <= n1; n += 4) {
+    const uint8_t* w[4] = {B + n * Kb, B + (n + 1) * Kb, B + (n + 2) * Kb, B + (n + 3) * Kb};
+    const float* ws[4] = {WS + n * groups, WS + (n + 1) * groups, WS + (n + 2) * groups,
+                          WS + (n + 3) * groups};
+    dot_i8_rows_oc<4>(xq, sv, gcorr, w, ws, groups, pairs_per_group, y + (n - n0));
+  }
+  for (; n < n1; ++n) {
+    const uint8_t* w[1] = {B + n * Kb};
+    const float* ws[1] = {WS + n * groups};
+    dot_i8_rows_oc<1>(xq, sv, gcorr, w, ws, groups, pairs_per_group, y + (n - n0));
+  }
+#else
+  for (; n < n1; ++n) {
+    const uint8_t* row = B + n * Kb;
+    float acc = 0.0f;
+    for (int64_t g = 0; g < groups; ++g) {
+      float part = gcorr[g];
+      for (int64_t p = g * pairs_per_group; p < (g + 1) * pairs_per_group; ++p)
+        for (int half = 0; half < 2; ++half) {
+          int sum = 0;
+          for (int64_t j = 32 * p + 16 * half; j < 32 * p + 16 * half + 16; ++j) {
+            const int64_t i = j % 32;
+            sum += (row[j] & 0xF) * xq[64 * p + i] + (row[j] >> 4) * xq[64 * p + 32 + i];
+          }
+          part += static_cast<float>(sum) * sv[8 * p + 4 * half];
+        }
+      acc += part * WS[n * groups + g];
+    }
+    y[n - n0] = acc;
   }
 #endif
 }

@@ -1,4 +1,5 @@
-"""ONNX Runtime custom-op library for INT4 weights with per-input-channel ("per-IC") scales.
+"""ONNX Runtime custom-op library for INT4 weights: per-input-channel ("per-IC") scales, and a
+per-OC twin.
 
 ONNX Runtime's ``com.microsoft::MatMulNBits`` only knows scales grouped along K (one scale per
 output channel and block of K, "per-OC"). Smoothing/rotation recipes here quantize with one
@@ -12,9 +13,17 @@ Inputs: ``A`` float32 ``[..., K]``, ``B`` uint8 ``[N, ceil(K/2)]`` (row n = outp
 byte j: low nibble k = 2j, high nibble k = 2j + 1, nibble = q + 8), ``scales`` float32
 ``[N/group, K]``. Int attributes ``K``, ``N``, ``group`` and optional ``accuracy_level``
 (0: fp32 activations, exact up to fp32 rounding; 4: int8 activations per block of 32 k, like
-MatMulNBits). The C++ source ships with the package; it is compiled on first use with g++ against
-the ONNX Runtime 1.21 C API headers from Debian's ``libonnxruntime-dev`` (fetched once and
-verified by sha256) and cached under :func:`cache_dir`.
+MatMulNBits).
+
+``smoothrot.ort::MatMulInt4PerOC`` is the same op with MatMulNBits' grouping, ``scales [N,
+K/group]`` (``group`` a multiple of 16 dividing K): ``Y[..., n] = sum_k A[..., k] ·
+scales[n, k // group] · (nibble(B[n], k) − 8)``, same ``B``. At level 4 with one row of A and
+``group % 64 == 0`` it runs the int8 kernel with the group scales applied per group of 64-k
+pairs; otherwise it dequantizes panels of 16 output channels (fp32).
+
+The C++ source ships with the package; it is compiled on first use with g++ against the ONNX
+Runtime 1.21 C API headers from Debian's ``libonnxruntime-dev`` (fetched once and verified by
+sha256) and cached under :func:`cache_dir`.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ __all__ = [
     "CXXFLAGS",
     "DOMAIN",
     "OP_TYPE",
+    "OP_TYPE_PER_OC",
     "OrtOpsUnavailable",
     "available",
     "cache_dir",
@@ -52,6 +62,7 @@ __all__ = [
 
 DOMAIN = "smoothrot.ort"
 OP_TYPE = "MatMulInt4PerIC"
+OP_TYPE_PER_OC = "MatMulInt4PerOC"
 
 HEADERS_URL = (
     "https://deb.debian.org/debian/pool/main/o/onnxruntime/"
@@ -208,13 +219,16 @@ def pack_per_ic(q: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(nib[:, 0::2] | (nib[:, 1::2] << 4))
 
 
-def reference(a: np.ndarray, packed: np.ndarray, scales: np.ndarray, group: int) -> np.ndarray:
-    """float64 numpy reference of MatMulInt4PerIC, returned as float32 ``[..., N]``."""
+def reference(
+    a: np.ndarray, packed: np.ndarray, scales: np.ndarray, group: int, per_oc: bool = False
+) -> np.ndarray:
+    """float64 numpy reference of MatMulInt4PerIC (``per_oc``: MatMulInt4PerOC), returned as
+    float32 ``[..., N]``."""
     a = np.asarray(a, dtype=np.float64)
     k = a.shape[-1]
     packed = np.asarray(packed, dtype=np.uint8)
     nib = np.stack([packed & 0xF, packed >> 4], axis=-1).reshape(packed.shape[0], -1)[:, :k]
-    scale = np.repeat(np.asarray(scales, dtype=np.float64), group, axis=0)  # [N, K]
+    scale = np.repeat(np.asarray(scales, dtype=np.float64), group, axis=1 if per_oc else 0)
     w = (nib.astype(np.float64) - 8.0) * scale  # [N, K]
     return (a @ w.T).astype(np.float32)
 
@@ -230,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         path = library_path(build=True)
     except OrtOpsUnavailable as exc:
         parser.exit(2, f"smoothrot: error: {exc}\n")
-    print(path if args.print_path else f"{DOMAIN}::{OP_TYPE} library: {path}")
+    print(path if args.print_path else f"{DOMAIN}::{OP_TYPE}, {OP_TYPE_PER_OC} library: {path}")
     return 0
 
 

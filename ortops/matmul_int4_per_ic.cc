@@ -1,10 +1,12 @@
-// ONNX Runtime custom-op library: smoothrot.ort::MatMulInt4PerIC (CPU).
+// ONNX Runtime custom-op library (CPU), domain smoothrot.ort:
 //
-//   Y[..., n] = sum_k A[..., k] * scales[n / group, k] * (nibble(B[n], k) - 8)
+//   MatMulInt4PerIC: Y[..., n] = sum_k A[..., k] * scales[n / group, k] * (nibble(B[n], k) - 8)
+//   MatMulInt4PerOC: Y[..., n] = sum_k A[..., k] * scales[n, k / group] * (nibble(B[n], k) - 8)
 //
 // Inputs: A float [..., K], B uint8 [N, ceil(K/2)] (low nibble = even k), scales float
-// [N/group, K]. Attributes: K, N, group, accuracy_level (0 = fp32, 4 = int8 activations).
-// Work is split over output channels (and row blocks for large M) with ORT's intra-op pool.
+// [N/group, K] (per-IC) or [N, K/group] (per-OC). Attributes: K, N, group, accuracy_level
+// (0 = fp32, 4 = int8 activations for a single row). Work is split over output channels (and
+// row blocks for large M) with ORT's intra-op pool.
 #define ORT_API_MANUAL_INIT
 #include "onnxruntime_cxx_api.h"
 #undef ORT_API_MANUAL_INIT
@@ -22,7 +24,8 @@ namespace {
 using namespace smoothrot_ortops;
 
 constexpr const char* kDomain = "smoothrot.ort";
-constexpr const char* kOpType = "MatMulInt4PerIC";
+constexpr const char* kPerIc = "MatMulInt4PerIC";
+constexpr const char* kPerOc = "MatMulInt4PerOC";
 constexpr int64_t kGemmMinRows = 16;  // from this many rows of A on: dequantize + fp32 tiles
 constexpr int64_t kGemmRows = 192;   // rows of A per GEMM task (16 output channels each)
 constexpr int64_t kInlinePrep = 1 << 15;     // GEMV: prepare activations inline up to this size
@@ -48,7 +51,18 @@ struct Job {
   int8_t* xq;         // level 4: [M * G, stride]
   float* sv;          // level 4: [M * G, stride / 8]
   float* corr;        // [M * G]: the "- 8" (and block scales' share) folded per item
+  bool per_oc;        // scales [N, K / group] (else [N / group, K])
+  float* gcorr;       // per-OC GEMV: the "- 8" per K group
+  int64_t groups, pairs_per_group;  // per-OC GEMV: K / group, group / 64
 };
+
+// Per-OC GEMV (one row of A, int8 activations), task t: output channels of the task.
+void gemv_oc_task(void* data, size_t t) {
+  const Job& j = *static_cast<const Job*>(data);
+  const int64_t n0 = static_cast<int64_t>(t) * j.rows_per_task;
+  const int64_t n1 = std::min(j.N, n0 + j.rows_per_task);
+  gemv_i8_oc(j.xq, j.sv, j.gcorr, j.B, j.S, j.groups, j.pairs_per_group, n0, n1, j.Y + n0);
+}
 
 // GEMV phase 1, item i: scale (and for level 4 quantize) row m's activations for group g.
 void prep_task(void* data, size_t i) {
@@ -113,13 +127,14 @@ void gemv_task(void* data, size_t t) {
 // GEMM task t: a block of kGemmRows rows x kPanel output channels.
 void gemm_task(void* data, size_t t) {
   const Job& j = *static_cast<const Job*>(data);
-  thread_local std::vector<float> rows, panel;
+  thread_local std::vector<float> rows, panel, wide;
   const int64_t tn = static_cast<int64_t>(t) % j.n_tasks, tm = static_cast<int64_t>(t) / j.n_tasks;
   const int64_t n0 = tn * kPanel, n1 = std::min(j.N, n0 + kPanel);
   const int64_t m0 = tm * kGemmRows, m1 = std::min(j.M, m0 + kGemmRows);
   float* r = scratch(rows, static_cast<size_t>(kPanel * round_up(j.K, 16)));
   float* p = scratch(panel, static_cast<size_t>(kPanel * j.K));
-  dequant_panel(j.B, j.S, j.K, j.group, n0, n1, r, p);
+  float* w = j.per_oc ? scratch(wide, static_cast<size_t>(j.K)) : nullptr;
+  dequant_panel(j.B, j.S, j.K, j.group, j.per_oc, n0, n1, r, p, w);
   gemm_panel(j.A, j.K, p, m0, m1, n0, n1, j.Y, j.N);
 }
 
@@ -129,8 +144,22 @@ std::string shape_str(const std::vector<int64_t>& s) {
   return out + "]";
 }
 
+// Rows of A per task for the GEMV paths: ~kGemvTaskBytes of packed weights (a multiple of 4
+// rows), and >= ~16 tasks.
+int64_t gemv_rows_per_task(int64_t N, int64_t Kb) {
+  const int64_t rows = std::max<int64_t>(4, round_up(kGemvTaskBytes / Kb, 4));
+  return std::min(rows, std::max<int64_t>(4, round_up((N + 15) / 16, 4)));
+}
+
+void run_tasks(Ort::KernelContext& ctx, void (*fn)(void*, size_t), int64_t tasks, Job* job) {
+  if (tasks == 1) fn(job, 0);
+  else ctx.ParallelFor(fn, static_cast<size_t>(tasks), 0, job);
+}
+
 struct Kernel {
   int64_t K, N, group, level;
+  bool per_oc;
+  const char* op_type;
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
     try {
@@ -151,7 +180,7 @@ struct Kernel {
     const auto s_shape = s.GetTensorTypeAndShapeInfo().GetShape();
     const int64_t Kb = (K + 1) / 2;
     auto fail = [&](const std::string& what) {
-      throw Ort::Exception(std::string(kOpType) + " (K=" + std::to_string(K) + ", N=" +
+      throw Ort::Exception(std::string(op_type) + " (K=" + std::to_string(K) + ", N=" +
                                std::to_string(N) + ", group=" + std::to_string(group) +
                                "): " + what,
                            ORT_INVALID_ARGUMENT);
@@ -161,9 +190,10 @@ struct Kernel {
     if (b_shape != std::vector<int64_t>{N, Kb})
       fail("input B must have shape [" + std::to_string(N) + ", " + std::to_string(Kb) +
            "], got " + shape_str(b_shape));
-    if (s_shape != std::vector<int64_t>{N / group, K})
-      fail("input scales must have shape [" + std::to_string(N / group) + ", " +
-           std::to_string(K) + "], got " + shape_str(s_shape));
+    const std::vector<int64_t> want = per_oc ? std::vector<int64_t>{N, K / group}
+                                             : std::vector<int64_t>{N / group, K};
+    if (s_shape != want) fail("input scales must have shape " + shape_str(want) + ", got " +
+                              shape_str(s_shape));
     std::vector<int64_t> y_shape = a_shape;
     y_shape.back() = N;
     auto y = ctx.GetOutput(0, y_shape);
@@ -177,7 +207,24 @@ struct Kernel {
     job.S = s.GetTensorData<float>();
     job.Y = y.GetTensorMutableData<float>();
     job.M = M, job.K = K, job.N = N, job.group = group, job.Kb = Kb, job.level = level;
-    if (M < kGemmMinRows) {
+    job.per_oc = per_oc;
+    if (per_oc && M == 1 && level >= 4 && group % 64 == 0) {
+      thread_local std::vector<float> fbuf, cbuf, tbuf;
+      thread_local std::vector<int8_t> qbuf;
+      job.groups = K / group, job.pairs_per_group = group / 64;
+      job.xq = scratch(qbuf, static_cast<size_t>(K));
+      job.sv = scratch(fbuf, static_cast<size_t>(K / 8));
+      float* bcorr = scratch(cbuf, static_cast<size_t>(K / 32 + job.groups));
+      job.gcorr = bcorr + K / 32;
+      quantize_i8(job.A, nullptr, K, scratch(tbuf, static_cast<size_t>(K)), job.xq, job.sv, bcorr);
+      for (int64_t g = 0; g < job.groups; ++g) {
+        float c = 0.0f;
+        for (int64_t b = g * group / 32; b < (g + 1) * group / 32; ++b) c += bcorr[b];
+        job.gcorr[g] = c;
+      }
+      job.rows_per_task = gemv_rows_per_task(N, Kb);
+      run_tasks(ctx, gemv_oc_task, (N + job.rows_per_task - 1) / job.rows_per_task, &job);
+    } else if (M < kGemmMinRows && !per_oc) {
       // Buffers belong to the calling thread (concurrent Run calls each have their own).
       thread_local std::vector<float> fbuf, cbuf;
       thread_local std::vector<int8_t> qbuf;
@@ -199,14 +246,9 @@ struct Kernel {
       } else {
         ctx.ParallelFor(prep_task, static_cast<size_t>(items), 0, &job);
       }
-      // ~kGemvTaskBytes of packed weights per task (a multiple of 4 rows), >= ~16 tasks.
-      int64_t rows = std::max<int64_t>(4, round_up(kGemvTaskBytes / Kb, 4));
-      rows = std::min(rows, std::max<int64_t>(4, round_up((N + 15) / 16, 4)));
-      job.rows_per_task = rows;
-      const int64_t tasks = (N + rows - 1) / rows;
-      if (tasks == 1) gemv_task(&job, 0);
-      else ctx.ParallelFor(gemv_task, static_cast<size_t>(tasks), 0, &job);
-    } else {
+      job.rows_per_task = gemv_rows_per_task(N, Kb);
+      run_tasks(ctx, gemv_task, (N + job.rows_per_task - 1) / job.rows_per_task, &job);
+    } else {  // many rows, or per-OC at level 0 / a group of 16 or 32: dequantize + fp32 tiles
       job.n_tasks = (N + kPanel - 1) / kPanel;
       job.m_tasks = (M + kGemmRows - 1) / kGemmRows;
       ctx.ParallelFor(gemm_task, static_cast<size_t>(job.n_tasks * job.m_tasks), 0, &job);
@@ -226,25 +268,33 @@ int64_t optional_int(const OrtApi& api, const OrtKernelInfo* info, const char* n
 }
 
 struct Op : Ort::CustomOpBase<Op, Kernel, true> {
+  const char* op_type;
+  bool per_oc;
+
+  Op(const char* name, bool oc) : op_type(name), per_oc(oc) {}
+
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
     try {
       Ort::ConstKernelInfo ki(info);
       const int64_t K = ki.GetAttribute<int64_t>("K"), N = ki.GetAttribute<int64_t>("N");
       const int64_t group = ki.GetAttribute<int64_t>("group");
       const int64_t level = optional_int(api, info, "accuracy_level", 0);
-      if (K < 1 || N < 1 || group < 1 || N % group != 0)
-        throw std::invalid_argument("needs K >= 1, N >= 1, group >= 1 and N % group == 0, got K=" +
-                                    std::to_string(K) + " N=" + std::to_string(N) +
-                                    " group=" + std::to_string(group));
+      const bool ok = per_oc ? K % group == 0 && group % 16 == 0 : N % group == 0;
+      if (K < 1 || N < 1 || group < 1 || !ok)
+        throw std::invalid_argument(
+            std::string("needs K >= 1, N >= 1, group >= 1 and ") +
+            (per_oc ? "K % group == 0 (group a multiple of 16)" : "N % group == 0") +
+            ", got K=" + std::to_string(K) + " N=" + std::to_string(N) +
+            " group=" + std::to_string(group));
       if (level < 0 || level > 4)
         throw std::invalid_argument("accuracy_level must be in 0..4, got " + std::to_string(level));
-      *kernel = new Kernel{K, N, group, level};
+      *kernel = new Kernel{K, N, group, level, per_oc, op_type};
       return nullptr;
     } catch (const std::exception& e) {
-      return api.CreateStatus(ORT_INVALID_ARGUMENT, (std::string(kOpType) + ": " + e.what()).c_str());
+      return api.CreateStatus(ORT_INVALID_ARGUMENT, (std::string(op_type) + ": " + e.what()).c_str());
     }
   }
-  const char* GetName() const { return kOpType; }
+  const char* GetName() const { return op_type; }
   const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
   size_t GetInputTypeCount() const { return 3; }
   ONNXTensorElementDataType GetInputType(size_t i) const {
@@ -261,13 +311,14 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
   if (api == nullptr) return nullptr;  // runtime older than the headers: nothing we can report
   Ort::InitApi(api);
-  static const Op op;
+  static const Op per_ic{kPerIc, false}, per_oc{kPerOc, true};
   // Domains must outlive every session that uses them: keep them for the life of the process.
   static std::mutex mu;
   static auto* domains = new std::vector<Ort::CustomOpDomain>();
   try {
     Ort::CustomOpDomain domain{kDomain};
-    domain.Add(&op);
+    domain.Add(&per_ic);
+    domain.Add(&per_oc);
     Ort::UnownedSessionOptions(options).Add(domain);
     std::lock_guard<std::mutex> lock(mu);
     domains->push_back(std::move(domain));

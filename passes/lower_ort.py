@@ -11,8 +11,13 @@ the implicit zero point 8 of an absent ``zero_points`` input: ``nibble = q + 8``
 ``W[n, k] = (nibble − 8) · scales[n, k // bs]``; ``bs`` is a power of two in [16, 256], and ``K``
 is padded to whole blocks with ``q = 0``.
 
-- **per-OC** (axis 0, groups of ``g`` along K): ``bs`` is the largest power of two ≤ 256 that
-  divides ``g`` and each group's scale is repeated ``g / bs`` times. One node, the same values.
+- **per-OC** (axis 0, groups of ``g`` along K), one node, the same values; two kernels, chosen
+  by ``per_oc`` (``PerOcKernel``):
+
+  - ``matmulnbits``: ``bs`` is the largest power of two ≤ 256 that divides ``g`` and each
+    group's scale is repeated ``g / bs`` times;
+  - ``ortops``: one ``smoothrot.ort::MatMulInt4PerOC`` node (our op, the per-IC op's kernels
+    with MatMulNBits' grouping) where ``g`` is a multiple of 64, MatMulNBits otherwise.
 - **per-IC** (axis 1, groups of ``g`` along N), which MatMulNBits cannot express (its scales
   vary along K only per block). Two kernels, chosen by ``per_ic`` (``PerIcKernel``):
 
@@ -39,6 +44,7 @@ import onnx_ir as ir
 
 from smoothrot.ortops.library import DOMAIN as ORTOPS_DOMAIN
 from smoothrot.ortops.library import OP_TYPE as PER_IC_OP
+from smoothrot.ortops.library import OP_TYPE_PER_OC as PER_OC_OP
 from smoothrot.ortops.library import pack_per_ic
 from smoothrot.passes._graph import Int4MatMul, match_int4_matmul, new_initializer
 
@@ -49,6 +55,7 @@ __all__ = [
     "LowerToMatMulNBitsPass",
     "LoweredLayer",
     "PerIcKernel",
+    "PerOcKernel",
     "matmulnbits_block",
     "pack_matmulnbits",
 ]
@@ -56,12 +63,18 @@ __all__ = [
 MS_DOMAIN = "com.microsoft"
 LOWERED_MARK = "smoothrot.lowered"  # node metadata: "<grouping>:<group>:<bs>"
 UNIT_SCALE_BLOCK = 128  # per-IC groups: unit scales, so the block only sets A's int8 blocks
-KERNEL_OPS = ("MatMulNBits", PER_IC_OP)  # the node types that read the INT4 weights
+KERNEL_OPS = ("MatMulNBits", PER_IC_OP, PER_OC_OP)  # the node types that read INT4 weights
+ORTOPS_MIN_PER_OC_GROUP = 64  # our per-OC op's int8 kernel works on whole 64-k pairs
 
 
 class PerIcKernel(enum.StrEnum):
     ORTOPS = "ortops"  # one smoothrot.ort::MatMulInt4PerIC node per layer (our custom op)
     SPLIT = "split"  # Mul + unit-scale MatMulNBits per column group, then Concat
+
+
+class PerOcKernel(enum.StrEnum):
+    MATMULNBITS = "matmulnbits"  # ONNX Runtime's own com.microsoft::MatMulNBits
+    ORTOPS = "ortops"  # smoothrot.ort::MatMulInt4PerOC (groups that are multiples of 64)
 
 
 def matmulnbits_block(length: int, cap: int = 256) -> int:
@@ -89,7 +102,7 @@ class LoweredLayer:
     weight: str  # the dequantized weight's name (the layer's weight name in the manifest)
     grouping: str  # "per-oc" | "per-ic"
     group: int
-    block_size: int  # MatMulNBits block_size (0 for the per-IC custom op: no K blocks)
+    block_size: int  # MatMulNBits block_size (0 for our ops: no MatMulNBits blocks)
     nodes: int  # kernel nodes (KERNEL_OPS) emitted for this layer
 
 
@@ -111,13 +124,22 @@ def _lower_per_oc(graph, x, q, scale, group, level, tag) -> tuple[list[ir.Node],
     return [_matmulnbits(graph, x, q, scales, bs, level, tag)], bs
 
 
-def _lower_per_ic_op(graph, x, q, scale, group, level, tag) -> tuple[list[ir.Node], int]:
+def _ortops_node(graph, op_type: str, x, q, scales, group, level, tag) -> ir.Node:
     k, n = q.shape
     packed = new_initializer(graph, f"{tag}.int4_rows", pack_per_ic(q))
-    s = new_initializer(graph, f"{tag}.ic_scale", np.ascontiguousarray(scale.T, np.float32))
+    s = new_initializer(graph, f"{tag}.int4_scale", np.ascontiguousarray(scales, np.float32))
     attrs = {"K": k, "N": n, "group": group, "accuracy_level": level}
-    node = ir.node(PER_IC_OP, [x, packed, s], attributes=attrs, domain=ORTOPS_DOMAIN, name=tag)
-    return [node], 0
+    return ir.node(op_type, [x, packed, s], attributes=attrs, domain=ORTOPS_DOMAIN, name=tag)
+
+
+def _lower_per_ic_op(graph, x, q, scale, group, level, tag) -> tuple[list[ir.Node], int]:
+    return [_ortops_node(graph, PER_IC_OP, x, q, scale.T, group, level, tag)], 0
+
+
+def _lower_per_oc_op(graph, x, q, scale, group, level, tag) -> tuple[list[ir.Node], int]:
+    if group % ORTOPS_MIN_PER_OC_GROUP:
+        return _lower_per_oc(graph, x, q, scale, group, level, tag)
+    return [_ortops_node(graph, PER_OC_OP, x, q, scale.T, group, level, tag)], 0
 
 
 def _lower_per_ic_split(graph, x, q, scale, group, level, tag) -> tuple[list[ir.Node], int]:
@@ -143,6 +165,7 @@ class LowerToMatMulNBitsPass(ir.passes.InPlacePass):
 
     accuracy_level: int = 0
     per_ic: PerIcKernel = PerIcKernel.ORTOPS
+    per_oc: PerOcKernel = PerOcKernel.MATMULNBITS
     lowered: list[LoweredLayer] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # MatMul name → why it stays QDQ
 
@@ -164,7 +187,7 @@ class LowerToMatMulNBitsPass(ir.passes.InPlacePass):
         ops = {node.op_type for node in graph}
         if "MatMulNBits" in ops:
             model.opset_imports.setdefault(MS_DOMAIN, 1)
-        if PER_IC_OP in ops:
+        if ops & {PER_IC_OP, PER_OC_OP}:
             model.opset_imports.setdefault(ORTOPS_DOMAIN, 1)
         return ir.passes.PassResult(model, modified=bool(self.lowered))
 
@@ -172,7 +195,8 @@ class LowerToMatMulNBitsPass(ir.passes.InPlacePass):
         weight = m.dq.outputs[0]
         tag = weight.name or m.matmul.name or "linear"
         per_ic = _lower_per_ic_op if self.per_ic is PerIcKernel.ORTOPS else _lower_per_ic_split
-        lower = _lower_per_oc if m.axis == 0 else per_ic
+        per_oc = _lower_per_oc_op if self.per_oc is PerOcKernel.ORTOPS else _lower_per_oc
+        lower = per_oc if m.axis == 0 else per_ic
         try:
             nodes, bs = lower(
                 graph, m.matmul.inputs[0], m.q, m.scale, m.group, self.accuracy_level, tag

@@ -2,9 +2,9 @@
 
 Each INT4 variant is built the way the compiler builds it — ``MatMul(X, DequantizeLinear(q, s))``
 written by ``quantize_rtn`` — and then lowered by ``LowerToMatMulNBitsPass``, so what is timed is
-exactly what ``smoothrot lower`` ships: per-OC as MatMulNBits, per-IC as our own op (``ortops``)
-and as the standard-ops fallback (``split``). Times are medians over ``--runs`` runs of ``--iters``
-calls each, all in this one process::
+exactly what ``smoothrot lower`` ships: per-OC as ONNX Runtime's MatMulNBits and as our own op
+(``ortops``), per-IC as our own op and as the standard-ops fallback (``split``). Times are
+medians over ``--runs`` runs of ``--iters`` calls each, all in this one process::
 
     python -m smoothrot.tools.bench_layer --shapes 576x1536 4096x4096 --m 1
 """
@@ -22,10 +22,9 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from smoothrot.ortops.library import OP_TYPE as PER_IC_OP
 from smoothrot.ortops.library import register as register_ortops
 from smoothrot.passes.int4 import Grouping, fit_group_size, quantize_rtn
-from smoothrot.passes.lower_ort import LowerToMatMulNBitsPass, PerIcKernel
+from smoothrot.passes.lower_ort import KERNEL_OPS, LowerToMatMulNBitsPass, PerIcKernel, PerOcKernel
 
 __all__ = ["LayerTiming", "layer_model", "layer_shape", "main", "table", "time_layer"]
 
@@ -48,6 +47,7 @@ def layer_model(
     level: int,
     seed: int = 0,
     per_ic: PerIcKernel = PerIcKernel.ORTOPS,
+    per_oc: PerOcKernel = PerOcKernel.MATMULNBITS,
 ) -> ir.Model:
     """One ``Y = X · B`` layer: fp32 (``grouping`` None) or INT4 QDQ, lowered as it ships."""
     rng = np.random.default_rng(seed)
@@ -74,7 +74,7 @@ def layer_model(
     graph.outputs.append(mm.outputs[0])
     model = ir.Model(graph, ir_version=10)
     if grouping is not None:
-        lowering = LowerToMatMulNBitsPass(level, per_ic)
+        lowering = LowerToMatMulNBitsPass(level, per_ic, per_oc)
         lowering(model)
         if len(lowering.lowered) != 1:
             raise RuntimeError(f"the layer was not lowered: {lowering.skipped}")
@@ -90,7 +90,7 @@ def time_layer(model: ir.Model, m: int, threads: int, runs: int, iters: int) -> 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    if any(node.op_type == PER_IC_OP for node in model.graph):
+    if any(node.op_type in KERNEL_OPS[1:] for node in model.graph):  # our ops
         register_ortops(options, build=True)
     proto = ir.serde.serialize_model(model)
     session = ort.InferenceSession(
@@ -109,11 +109,13 @@ def time_layer(model: ir.Model, m: int, threads: int, runs: int, iters: int) -> 
     return statistics.median(samples)
 
 
-VARIANTS: dict[str, tuple[Grouping | None, PerIcKernel]] = {
-    "fp32": (None, PerIcKernel.ORTOPS),
-    "int4 per-OC": (Grouping.PER_OC, PerIcKernel.ORTOPS),
-    "int4 per-IC (ortops)": (Grouping.PER_IC, PerIcKernel.ORTOPS),
-    "int4 per-IC (split)": (Grouping.PER_IC, PerIcKernel.SPLIT),
+PER_OC_BASE = "int4 per-OC (MatMulNBits)"  # ONNX Runtime's own kernel: the ratios' baseline
+VARIANTS: dict[str, tuple[Grouping | None, PerIcKernel, PerOcKernel]] = {
+    "fp32": (None, PerIcKernel.ORTOPS, PerOcKernel.ORTOPS),
+    PER_OC_BASE: (Grouping.PER_OC, PerIcKernel.ORTOPS, PerOcKernel.MATMULNBITS),
+    "int4 per-OC (ortops)": (Grouping.PER_OC, PerIcKernel.ORTOPS, PerOcKernel.ORTOPS),
+    "int4 per-IC (ortops)": (Grouping.PER_IC, PerIcKernel.ORTOPS, PerOcKernel.ORTOPS),
+    "int4 per-IC (split)": (Grouping.PER_IC, PerIcKernel.SPLIT, PerOcKernel.ORTOPS),
 }
 
 
@@ -123,9 +125,9 @@ def run(
     rows = []
     for k, n in shapes:
         iters = max(5, int(2e7 // (k * n)))
-        for name, (grouping, per_ic) in VARIANTS.items():
+        for name, (grouping, per_ic, per_oc) in VARIANTS.items():
             for level in [None] if grouping is None else levels:
-                model = layer_model(k, n, grouping, group, level or 0, per_ic=per_ic)
+                model = layer_model(k, n, grouping, group, level or 0, per_ic=per_ic, per_oc=per_oc)
                 us = time_layer(model, m, threads, runs, iters)
                 rows.append(LayerTiming(f"{k}x{n}", m, name, level, us, _weight_bytes(model)))
     return rows
@@ -133,7 +135,8 @@ def run(
 
 def table(rows: list[LayerTiming]) -> str:
     lines = [
-        "| shape | M | variant | acc. level | median µs | × fp32 | per-IC / per-OC | weight MB |",
+        "| shape | M | variant | acc. level | median µs | × fp32 | / MatMulNBits per-OC "
+        "| weight MB |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -142,11 +145,11 @@ def table(rows: list[LayerTiming]) -> str:
             x
             for x in rows
             if x.shape == r.shape
-            and x.variant == "int4 per-OC"
+            and x.variant == PER_OC_BASE
             and x.accuracy_level == r.accuracy_level
         ]
-        per_ic = r.variant.startswith("int4 per-IC")
-        ratio = f"{r.median_us / oc[0].median_us:.2f}" if per_ic else ""
+        ours = r.variant.startswith("int4") and r.variant != PER_OC_BASE
+        ratio = f"{r.median_us / oc[0].median_us:.2f}" if ours else ""
         level = "" if r.accuracy_level is None else str(r.accuracy_level)
         lines.append(
             f"| {r.shape} | {r.m} | {r.variant} | {level} | {r.median_us:.1f} | "

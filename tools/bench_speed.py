@@ -32,7 +32,7 @@ from smoothrot.compiler.manifest import load_manifest
 from smoothrot.compiler.outdir import atomic_output_dir
 from smoothrot.compiler.pipeline import CompileConfig, compile_model, write_model_dir
 from smoothrot.compiler.recipes import Recipe, Transform
-from smoothrot.passes.lower_ort import PerIcKernel
+from smoothrot.passes.lower_ort import PerIcKernel, PerOcKernel
 from smoothrot.passes.norm_div import NormDivPass
 from smoothrot.passes.quantize_weights import Algorithm, GroupingMode, WeightQuantConfig
 from smoothrot.tools.bench_layer import layer_shape
@@ -55,6 +55,7 @@ class SpeedRow:
     peer_lm_head: bool = False
     lm_head: bool = False  # ours: lm_head INT4 too (--quantize-lm-head)
     per_ic: PerIcKernel = PerIcKernel.ORTOPS
+    per_oc: PerOcKernel = PerOcKernel.ORTOPS
     evaluate: bool = False  # perplexity in the compile and lowering reports
 
 
@@ -70,7 +71,19 @@ ROWS = [
         algorithm=Algorithm.GPTQ,
         evaluate=True,
     ),
+    SpeedRow(
+        "ours w4a16 (shipped), per-OC layers as ORT's MatMulNBits (--per-oc matmulnbits)",
+        Recipe.W4A16,
+        grouping=GroupingMode.ADADIM,
+        algorithm=Algorithm.GPTQ,
+        per_oc=PerOcKernel.MATMULNBITS,
+    ),
     SpeedRow("ours w4a16 per-OC, rotate", Recipe.W4A16),
+    SpeedRow(
+        "ours w4a16 per-OC, rotate, as ORT's MatMulNBits",
+        Recipe.W4A16,
+        per_oc=PerOcKernel.MATMULNBITS,
+    ),
     SpeedRow(
         "ours w4a16 (shipped), lm_head INT4 too",
         Recipe.W4A16,
@@ -115,7 +128,7 @@ def _build(row: SpeedRow, fp32: Path, dst: Path, cache: Path | None, level: int)
     qdq = dst.with_name(f"{dst.name}.qdq")
     if not (qdq / "smoothrot.json").is_file():
         compile_model(qdq, config, onnx_dir=fp32, cache=cache)
-    lowering = LowerConfig(accuracy_level=level, evaluate=row.evaluate, per_ic=row.per_ic)
+    lowering = LowerConfig(level, row.evaluate, row.per_ic, row.per_oc)
     lower_model(qdq, dst, lowering)
     shutil.rmtree(qdq)
     return dst

@@ -51,16 +51,24 @@ def add_lowering_options(p: argparse.ArgumentParser) -> None:
         "its library is compiled on this machine on first use; default); split = standard ORT "
         "ops only (a Mul and a MatMulNBits per column group, slower)",
     )
+    p.add_argument(
+        "--per-oc",
+        choices=["ortops", "matmulnbits"],
+        default="ortops",
+        help="kernel of per-OC layers: ortops = smoothrot's ONNX Runtime op MatMulInt4PerOC "
+        "(groups that are multiples of 64; default); matmulnbits = ONNX Runtime's MatMulNBits",
+    )
 
 
 def lower_config(args: argparse.Namespace):  # noqa: ANN201 - LowerConfig, imported lazily
     from smoothrot.compiler.lower import LowerConfig
-    from smoothrot.passes.lower_ort import PerIcKernel
+    from smoothrot.passes.lower_ort import PerIcKernel, PerOcKernel
 
     return LowerConfig(
         accuracy_level=args.accuracy_level,
         evaluate=not args.no_eval,
         per_ic=PerIcKernel(args.per_ic),
+        per_oc=PerOcKernel(args.per_oc),
     )
 
 

@@ -27,9 +27,15 @@ def test_w4a16_recipe_on_the_default_model(default_export, tmp_path):
     lowered = lower_model(out, tmp_path / "ort", LowerConfig(accuracy_level=4))
     assert lowered["layers"]["by_grouping"] == report["grouping_counts"]
     assert not lowered["layers"]["left_as_qdq"]
-    counts = report["grouping_counts"]  # one kernel node per layer: ours for per-IC
-    kernels = {"MatMulNBits": counts["per-oc"], "MatMulInt4PerIC": counts["per-ic"]}
-    assert lowered["layers"]["kernel_nodes"] == kernels
+    # One kernel node per layer, ours by default: per-IC, and per-OC with groups of 64·j.
+    oc_blocks = [lay["block"] for lay in layers if lay["grouping"] == "per-oc"]
+    ours = sum(block % 64 == 0 for block in oc_blocks)
+    kernels = {
+        "MatMulInt4PerIC": report["grouping_counts"]["per-ic"],
+        "MatMulInt4PerOC": ours,
+        "MatMulNBits": len(oc_blocks) - ours,
+    }
+    assert ours > 0 and lowered["layers"]["kernel_nodes"] == {k: v for k, v in kernels.items() if v}
     assert lowered["exactness_level0"]["max_abs_logit_diff"] < 1e-3
     assert abs(lowered["perplexity"]["qdq_level0"] - ppl["after"]) < 1e-9
     assert abs(lowered["perplexity"]["ratio"] - 1) <= 0.01, lowered["perplexity"]

@@ -21,19 +21,11 @@ from smoothrot.ortops.library import (
 )
 
 
-@pytest.fixture(scope="module")
-def built() -> None:
-    try:
-        library_path(build=True)
-    except OrtOpsUnavailable as exc:
-        pytest.skip(f"custom-op library cannot be built here: {exc}")
-
-
-def _model(k: int, n: int, group: int, level: int | None = None, **const):
+def _model(k: int, n: int, group: int, level: int | None = None, op_type: str = OP_TYPE, **const):
     attrs = {"K": k, "N": n, "group": group}
     if level is not None:
         attrs["accuracy_level"] = level
-    node = helper.make_node(OP_TYPE, ["A", "B", "S"], ["Y"], domain=DOMAIN, **attrs)
+    node = helper.make_node(op_type, ["A", "B", "S"], ["Y"], domain=DOMAIN, **attrs)
     inputs = [helper.make_tensor_value_info("A", TensorProto.FLOAT, None)]
     inits = [numpy_helper.from_array(v, name) for name, v in const.items()]
     if "B" not in const:

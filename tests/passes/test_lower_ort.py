@@ -13,8 +13,10 @@ from smoothrot.compiler.runner import OrtDecoder
 from smoothrot.ortops.library import register as register_ortops
 from smoothrot.passes.int4 import Grouping, fit_group_size, quantize_rtn
 from smoothrot.passes.lower_ort import (
+    KERNEL_OPS,
     LowerToMatMulNBitsPass,
     PerIcKernel,
+    PerOcKernel,
     matmulnbits_block,
     pack_matmulnbits,
 )
@@ -49,30 +51,33 @@ def test_block_choice_and_packing_layout():
         pack_matmulnbits(np.array([[8]]), 16)
 
 
-KERNELS = [
-    (Grouping.PER_OC, PerIcKernel.ORTOPS),
-    (Grouping.PER_IC, PerIcKernel.ORTOPS),
-    (Grouping.PER_IC, PerIcKernel.SPLIT),
+KERNELS = [  # grouping, group, kernels, the single node expected (None: the split form)
+    (Grouping.PER_OC, 16, (PerIcKernel.ORTOPS, PerOcKernel.MATMULNBITS), "MatMulNBits"),
+    (Grouping.PER_OC, 64, (PerIcKernel.ORTOPS, PerOcKernel.ORTOPS), "MatMulInt4PerOC"),
+    (Grouping.PER_OC, 32, (PerIcKernel.ORTOPS, PerOcKernel.ORTOPS), "MatMulNBits"),  # < 64
+    (Grouping.PER_IC, 16, (PerIcKernel.ORTOPS, PerOcKernel.ORTOPS), "MatMulInt4PerIC"),
+    (Grouping.PER_IC, 16, (PerIcKernel.SPLIT, PerOcKernel.ORTOPS), None),
 ]
 
 
-@pytest.mark.parametrize(("grouping", "per_ic"), KERNELS)
-@pytest.mark.parametrize("shape", [(64, 96), (80, 48)])  # 80: K padded to whole blocks
-def test_single_layer_lowering_equals_its_qdq_graph(grouping, per_ic, shape):
+@pytest.mark.parametrize(("grouping", "group", "kernels", "op"), KERNELS)
+@pytest.mark.parametrize("shape", [(128, 96), (80, 48)])  # 80: K padded to whole blocks
+@pytest.mark.parametrize("m", [1, 3])
+def test_single_layer_lowering_equals_its_qdq_graph(grouping, group, kernels, op, shape, m):
     k, n = shape
-    x = np.random.default_rng(0).standard_normal((3, k)).astype(np.float32)
-    lowered = layer_model(k, n, grouping, 16, level=0, per_ic=per_ic)  # QDQ, then lowered
+    if op == "MatMulInt4PerOC" and k % 64:
+        op = "MatMulNBits"  # K = 80 has no group of 64: our per-OC op is not used
+    x = np.random.default_rng(0).standard_normal((m, k)).astype(np.float32)
+    lowered = layer_model(k, n, grouping, group, 0, per_ic=kernels[0], per_oc=kernels[1])
     lowered_ops = [node.op_type for node in lowered.graph]
     assert "DequantizeLinear" not in lowered_ops
-    split = grouping is Grouping.PER_IC and per_ic is PerIcKernel.SPLIT
-    if grouping is Grouping.PER_IC and per_ic is PerIcKernel.ORTOPS:
-        assert lowered_ops == ["MatMulInt4PerIC"]
+    if op is None:  # split: Mul + MatMulNBits per column group, one Concat
+        assert lowered_ops.count("MatMulNBits") == n // group and lowered_ops[-1] == "Concat"
     else:
-        assert lowered_ops.count("MatMulNBits") == (n // 16 if split else 1)
-    assert ("Concat" in lowered_ops) == split
+        assert lowered_ops == [op]
     rng = np.random.default_rng(0)
     b = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
-    qw = quantize_rtn(b, grouping, fit_group_size((k, n)[grouping.axis], 16))
+    qw = quantize_rtn(b, grouping, fit_group_size((k, n)[grouping.axis], group))
     want = x @ qw.dequantize()  # the QDQ graph's meaning
     np.testing.assert_allclose(_run(lowered, x), want, rtol=1e-5, atol=1e-5)
 
@@ -84,7 +89,7 @@ def tiny_qdq(tiny_export):
     made = {}
     for mode in (GroupingMode.PER_OC, GroupingMode.PER_IC):
         model = ir.load(src / "model.onnx")
-        config = WeightQuantConfig(mode, 32, Algorithm.RTN)
+        config = WeightQuantConfig(mode, 64 if mode is GroupingMode.PER_OC else 32, Algorithm.RTN)
         WeightQuantPass(load_manifest(src).dims, lambda _: None, config)(model)
         made[mode] = model
     return src, made
@@ -98,33 +103,36 @@ def _save(model: ir.Model, src, dst):
     return dst
 
 
-@pytest.mark.parametrize(
-    ("mode", "per_ic"),
-    [
-        (GroupingMode.PER_OC, PerIcKernel.ORTOPS),
-        (GroupingMode.PER_IC, PerIcKernel.ORTOPS),
-        (GroupingMode.PER_IC, PerIcKernel.SPLIT),
-    ],
-)
-def test_tiny_model_lowering_is_exact_at_level_0(tiny_qdq, tmp_path, mode, per_ic):
+TINY_CASES = [  # (MatMulNBits, MatMulInt4PerIC, MatMulInt4PerOC) nodes
+    (GroupingMode.PER_OC, PerIcKernel.ORTOPS, PerOcKernel.MATMULNBITS, (14, 0, 0)),
+    (GroupingMode.PER_OC, PerIcKernel.ORTOPS, PerOcKernel.ORTOPS, None),
+    (GroupingMode.PER_IC, PerIcKernel.ORTOPS, PerOcKernel.ORTOPS, (0, 14, 0)),
+    (
+        GroupingMode.PER_IC,
+        PerIcKernel.SPLIT,
+        PerOcKernel.ORTOPS,
+        (2 * (64 + 32 + 32 + 64 + 96 + 96 + 64) // 32, 0, 0),
+    ),
+]
+
+
+@pytest.mark.parametrize(("mode", "per_ic", "per_oc", "counts"), TINY_CASES)
+def test_tiny_model_lowering_is_exact_at_level_0(tiny_qdq, tmp_path, mode, per_ic, per_oc, counts):
     src, models = tiny_qdq
     qdq_dir = _save(models[mode], src, tmp_path / "qdq")
     lowered = ir.load(qdq_dir / "model.onnx")
-    lowering = LowerToMatMulNBitsPass(0, per_ic)
+    lowering = LowerToMatMulNBitsPass(0, per_ic, per_oc)
     lowering(lowered)
     assert len(lowering.lowered) == 2 * 7 and not lowering.skipped
     assert {layer.grouping for layer in lowering.lowered} == {mode.value}
     ops = [n.op_type for n in lowered.graph]
     assert "DequantizeLinear" not in ops
-    kernels = {  # (MatMulNBits, MatMulInt4PerIC) nodes
-        (GroupingMode.PER_OC, PerIcKernel.ORTOPS): (14, 0),
-        (GroupingMode.PER_IC, PerIcKernel.ORTOPS): (0, 14),
-        (GroupingMode.PER_IC, PerIcKernel.SPLIT): (
-            2 * (64 + 32 + 32 + 64 + 96 + 96 + 64) // 32,
-            0,
-        ),
-    }
-    assert (ops.count("MatMulNBits"), ops.count("MatMulInt4PerIC")) == kernels[(mode, per_ic)]
+    got_counts = tuple(ops.count(op) for op in KERNEL_OPS)
+    if counts is None:  # our per-OC op where K's group is a multiple of 64, MatMulNBits elsewhere
+        ours = [layer for layer in lowering.lowered if layer.group % 64 == 0]
+        assert 0 < len(ours) < 14 and got_counts == (14 - len(ours), 0, len(ours))
+    else:
+        assert got_counts == counts
     used = {v.name for n in lowered.graph for v in n.inputs if v is not None}
     assert set(lowered.graph.initializers) <= used  # the INT4 QDQ constants are gone
     ref, _ = OrtDecoder(qdq_dir).forward(IDS)

@@ -21,5 +21,5 @@ def test_bench_speed_rows_on_a_tiny_model(tmp_path, tiny_export):
     text = (out / "results.md").read_text()
     assert "Online Hadamard share of decode time" in text and "× peer" in text
     payload = json.loads((out / "results.json").read_text())
-    assert payload["memory_bandwidth_bytes_per_s"] > 0 and len(payload["layers"]) == 4
+    assert payload["memory_bandwidth_bytes_per_s"] > 0 and len(payload["layers"]) == 5
     assert (out / "decode_speed.png").stat().st_size > 0

@@ -63,6 +63,39 @@ def test_lower_without_the_op_library_fails_in_one_line(capsys, tmp_path, tiny_e
     assert report["per_ic_kernel"] == "split" and "MatMulInt4PerIC" not in str(report["layers"])
 
 
+def test_per_oc_kernel_choice(capsys, tmp_path, tiny_export, monkeypatch):
+    """Per-OC layers (groups of 64) run our op by default; --per-oc matmulnbits needs no library."""
+    from smoothrot.compiler import lower
+
+    argv = ["compile", "--onnx", str(tiny_export("llama")), "--recipe", "w4a16"]
+    argv += ["--group-size", "64", "--grouping", "per-oc", "--algorithm", "rtn"]
+    argv += ["--calibration-tokens", "1024", "--target", "ort", "--no-eval", "-o"]
+    assert main(argv + [str(tmp_path / "ours")]) == 0
+    report = json.loads((tmp_path / "ours" / "lowering.json").read_text())
+    kernels = report["layers"]["kernel_nodes"]
+    assert report["per_oc_kernel"] == "ortops" and kernels["MatMulInt4PerOC"] > 0
+    assert sum(kernels.values()) == 14 and report["exactness_level0"]["max_abs_logit_diff"] < 1e-3
+
+    from smoothrot.ortops.library import OrtOpsUnavailable
+
+    def unavailable(build: bool = True):
+        raise OrtOpsUnavailable("no C++ compiler (g++) on this machine")
+
+    monkeypatch.setattr(lower, "library_path", unavailable)
+    capsys.readouterr()
+    assert main(argv + [str(tmp_path / "x")]) == 2  # after the progress bars, one error line
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .endswith("no C++ compiler (g++) on this machine")
+    )
+    assert not (tmp_path / "x").exists()
+    assert main(argv + [str(tmp_path / "nbits"), "--per-oc", "matmulnbits"]) == 0
+    report = json.loads((tmp_path / "nbits" / "lowering.json").read_text())
+    assert report["layers"]["kernel_nodes"] == {"MatMulNBits": 14}
+
+
 def test_lower_and_bench_bad_input(capsys, tmp_path, tiny_export):
     fp32 = str(tiny_export("llama"))
     out = tmp_path / "o"
