@@ -2,10 +2,11 @@
 CPU form, with a report that proves the lowering and measures what the shipped level costs.
 
 ``LowerToMatMulNBitsPass`` rewrites every INT4 QDQ MatMul (see ``passes/lower_ort.py``): per-OC
-layers become MatMulNBits, per-IC layers our own ONNX Runtime op (``ortops/``, built on this
-machine on first use; ``--per-ic split`` keeps to standard ORT ops, slower); online
-Hadamard nodes are already Kronecker-factored MatMuls and activation / KV QDQ stay standard
-ONNX nodes; ``NormDivPass`` puts the RMSNorms in the form ORT fuses.
+and per-IC layers become our own ONNX Runtime ops (``ortops/``, built on this machine on first
+use; ``--per-oc matmulnbits`` / ``--per-ic split`` keep to ONNX Runtime's own ops, slower);
+``LowerRotationPass`` turns each online Hadamard rotation (four Kronecker-factored nodes) into
+one ``KroneckerRotation`` node of ours (``--rotation matmul`` keeps the four); activation / KV
+QDQ stay standard ONNX nodes; ``NormDivPass`` puts the RMSNorms in the form ORT fuses.
 The report (``lowering.json`` + ``lowering.md``) holds:
 
 - **exactness**: logits of the lowering at accuracy level 0 vs the QDQ model (max |Δ|; the
@@ -22,7 +23,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +36,14 @@ from smoothrot.compiler.pipeline import write_model_dir
 from smoothrot.compiler.report import jsonable, logits_probe, model_bytes, perplexity_pair
 from smoothrot.ortops.library import OP_TYPE as PER_IC_OP
 from smoothrot.ortops.library import OP_TYPE_PER_OC as PER_OC_OP
-from smoothrot.ortops.library import library_path
+from smoothrot.ortops.library import OP_TYPE_ROTATION, library_path
 from smoothrot.passes.lower_ort import (
     KERNEL_OPS,
     LowerToMatMulNBitsPass,
     PerIcKernel,
     PerOcKernel,
 )
+from smoothrot.passes.lower_rotation import LowerRotationPass, RotationKernel
 from smoothrot.passes.norm_div import NormDivPass
 
 __all__ = ["DEFAULT_ACCURACY_LEVEL", "LowerConfig", "lower_model"]
@@ -59,36 +61,47 @@ class LowerConfig:
     evaluate: bool = True  # perplexity of the QDQ and the lowered model in the report
     per_ic: PerIcKernel = PerIcKernel.ORTOPS
     per_oc: PerOcKernel = PerOcKernel.ORTOPS
+    rotation: RotationKernel = RotationKernel.ORTOPS
 
     def __post_init__(self) -> None:
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise ValueError(f"accuracy level must be 0..4, got {self.accuracy_level}")
         PerIcKernel(self.per_ic)
         PerOcKernel(self.per_oc)
+        RotationKernel(self.rotation)
 
 
-def _lowered_graph(
-    source: Path, level: int, per_ic: PerIcKernel, per_oc: PerOcKernel
-) -> tuple[ir.Model, LowerToMatMulNBitsPass]:
+@dataclass
+class _Lowering:
+    model: ir.Model
+    layers: LowerToMatMulNBitsPass
+    rotations: LowerRotationPass
+
+
+def _lowered_graph(source: Path, config: LowerConfig) -> _Lowering:
     manifest = load_manifest(source)
     model = ir.load(str(source / manifest.model_file))
-    done = {n.op_type for n in model.graph} & set(KERNEL_OPS)
+    done = {n.op_type for n in model.graph} & {*KERNEL_OPS, OP_TYPE_ROTATION}
     if done:
         raise SmoothrotError(f"{source} is already lowered (it has {sorted(done)} nodes)")
-    lowering = LowerToMatMulNBitsPass(level, per_ic, per_oc)
+    lowering = LowerToMatMulNBitsPass(config.accuracy_level, config.per_ic, config.per_oc)
     lowering(model)
+    rotations = LowerRotationPass()
+    if config.rotation is RotationKernel.ORTOPS:
+        rotations(model)
     NormDivPass()(model)
     if not lowering.lowered:
         raise SmoothrotError(
             f"{source} has no INT4 QDQ MatMul to lower; compile a w4* recipe first"
         )
-    return model, lowering
+    return _Lowering(model, lowering, rotations)
 
 
-def _exactness(source: Path, work: Path, stage: dict[str, Any]) -> dict[str, Any]:
+def _exactness(
+    source: Path, work: Path, config: LowerConfig, stage: dict[str, Any]
+) -> dict[str, Any]:
     """Logits of the level-0 lowering vs the QDQ model (the proof that the rewrite is exact)."""
-    kernels = PerIcKernel(stage["per_ic_kernel"]), PerOcKernel(stage["per_oc_kernel"])
-    model, _ = _lowered_graph(source, 0, *kernels)
+    model = _lowered_graph(source, replace(config, accuracy_level=0)).model
     exact = work / "level0"
     exact.mkdir()
     write_model_dir(model, source, load_manifest(source), exact, [stage])
@@ -99,15 +112,21 @@ def _report(
     out: Path,
     source: Path,
     config: LowerConfig,
-    lowering: LowerToMatMulNBitsPass,
+    lowered: _Lowering,
     work: Path,
     stage: dict[str, Any],
 ) -> dict[str, Any]:
+    lowering = lowered.layers
     counts = Counter(layer.grouping for layer in lowering.lowered)
     report: dict[str, Any] = {
         "accuracy_level": config.accuracy_level,
         "per_ic_kernel": str(config.per_ic),
         "per_oc_kernel": str(config.per_oc),
+        "rotation_kernel": str(config.rotation),
+        "rotations": {
+            "lowered": lowered.rotations.lowered,
+            "left_as_matmuls": lowered.rotations.skipped,
+        },
         "layers": {
             "lowered": len(lowering.lowered),
             "by_grouping": dict(counts),
@@ -115,7 +134,7 @@ def _report(
             "block_sizes": dict(Counter(layer.block_size for layer in lowering.lowered)),
             "left_as_qdq": lowering.skipped,
         },
-        "exactness_level0": _exactness(source, work, stage),
+        "exactness_level0": _exactness(source, work, config, stage),
         "shipped_vs_qdq": logits_probe(source, out),
         "size_bytes": {"qdq": model_bytes(source), "lowered": model_bytes(out)},
         "per_layer": jsonable(lowering.lowered),
@@ -128,7 +147,7 @@ def _report(
 
 
 def _markdown(r: dict[str, Any]) -> str:
-    ex, sh, lay = r["exactness_level0"], r["shipped_vs_qdq"], r["layers"]
+    ex, sh, lay, rot = r["exactness_level0"], r["shipped_vs_qdq"], r["layers"], r["rotations"]
     lines = [
         f"# smoothrot lowering report: ONNX Runtime CPU, accuracy level {r['accuracy_level']}",
         "",
@@ -136,6 +155,9 @@ def _markdown(r: dict[str, Any]) -> str:
         f"{lay['kernel_nodes']} (MatMulNBits block sizes {lay['block_sizes']}; per-IC kernel "
         f"`{r['per_ic_kernel']}`, per-OC kernel `{r['per_oc_kernel']}`).",
         f"Left as QDQ: {lay['left_as_qdq'] or 'none'}.",
+        f"Online rotations as one `KroneckerRotation` node each: {rot['lowered']} (rotation "
+        f"kernel `{r['rotation_kernel']}`; left as four nodes: "
+        f"{rot['left_as_matmuls'] or 'none'}).",
         "",
         "| check (logits on {} tokens vs the QDQ model) | max abs diff | SNR dB | top-1 |".format(
             ex["tokens"]
@@ -166,9 +188,10 @@ def lower_model(source: Path, out: Path, config: LowerConfig = LowerConfig()) ->
     if Path(out).resolve() == Path(source).resolve():
         raise SmoothrotError("lower needs an output directory other than its input")
     start = time.perf_counter()
-    model, lowering = _lowered_graph(source, config.accuracy_level, config.per_ic, config.per_oc)
+    lowered = _lowered_graph(source, config)
+    model, lowering = lowered.model, lowered.layers
     kernels = dict(Counter(n.op_type for n in model.graph if n.op_type in KERNEL_OPS))
-    if set(kernels) & {PER_IC_OP, PER_OC_OP}:
+    if set(kernels) & {PER_IC_OP, PER_OC_OP} or lowered.rotations.lowered:
         library_path(build=True)  # fails here, in one line, if this machine cannot build it
     stage = {
         "stage": "lower_ort",
@@ -176,6 +199,8 @@ def lower_model(source: Path, out: Path, config: LowerConfig = LowerConfig()) ->
         "accuracy_level": config.accuracy_level,
         "per_ic_kernel": str(config.per_ic),
         "per_oc_kernel": str(config.per_oc),
+        "rotation_kernel": str(config.rotation),
+        "rotations_lowered": lowered.rotations.lowered,
         "kernel_nodes": kernels,
         "lowered": len(lowering.lowered),
     }
@@ -186,5 +211,5 @@ def lower_model(source: Path, out: Path, config: LowerConfig = LowerConfig()) ->
         for name in COMPILE_REPORT_FILES:  # the compile report stays with the model it measured
             if (source / name).is_file():
                 shutil.copy(source / name, tmp / name)
-        report = _report(tmp, source, config, lowering, Path(work), stage)
+        report = _report(tmp, source, config, lowered, Path(work), stage)
     return report

@@ -21,6 +21,11 @@ scales[n, k // group] · (nibble(B[n], k) − 8)``, same ``B``. At level 4 with 
 ``group % 64 == 0`` it runs the int8 kernel with the group scales applied per group of 64-k
 pairs; otherwise it dequantizes panels of 16 output channels (fp32).
 
+``smoothrot.ort::KroneckerRotation(X, A)`` is an online Hadamard rotation in one node: ``y = x ·
+(A ⊗ H_p / √p)`` for every row ``x`` of ``X [..., n]``, with ``A`` float32 ``[m, m]``, ``p = n /
+m`` a power of two and ``H_p`` the Sylvester Hadamard matrix (a fast Walsh–Hadamard transform
+inside), the same values as the four-node Reshape/MatMul/MatMul/Reshape form.
+
 The C++ source ships with the package; it is compiled on first use with g++ against the ONNX
 Runtime 1.21 C API headers from Debian's ``libonnxruntime-dev`` (fetched once and verified by
 sha256) and cached under :func:`cache_dir`.
@@ -44,12 +49,14 @@ import numpy as np
 import onnxruntime as ort
 
 from smoothrot.compiler.errors import SmoothrotError
+from smoothrot.passes.hadamard import hadamard
 
 __all__ = [
     "CXXFLAGS",
     "DOMAIN",
     "OP_TYPE",
     "OP_TYPE_PER_OC",
+    "OP_TYPE_ROTATION",
     "OrtOpsUnavailable",
     "available",
     "cache_dir",
@@ -57,12 +64,14 @@ __all__ = [
     "main",
     "pack_per_ic",
     "reference",
+    "reference_rotation",
     "register",
 ]
 
 DOMAIN = "smoothrot.ort"
 OP_TYPE = "MatMulInt4PerIC"
 OP_TYPE_PER_OC = "MatMulInt4PerOC"
+OP_TYPE_ROTATION = "KroneckerRotation"
 
 HEADERS_URL = (
     "https://deb.debian.org/debian/pool/main/o/onnxruntime/"
@@ -74,7 +83,13 @@ CXX = "g++"
 CXXFLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-fvisibility=hidden")
 LIBRARY_NAME = "libsmoothrot_ortops.so"
 _SOURCE_DIR = Path(__file__).resolve().parent
-_SOURCES = ("matmul_int4_per_ic.cc", "int4_per_ic_kernels.h", "int4_per_ic_gemm.h")
+_SOURCES = (
+    "matmul_int4_per_ic.cc",
+    "int4_per_ic_kernels.h",
+    "int4_per_ic_gemm.h",
+    "kron_rotation.h",
+    "ort_common.h",
+)
 
 
 class OrtOpsUnavailable(SmoothrotError):
@@ -233,6 +248,17 @@ def reference(
     return (a @ w.T).astype(np.float32)
 
 
+def reference_rotation(x: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """float64 numpy reference of KroneckerRotation, returned as float32 ``[..., n]``."""
+    x = np.asarray(x, dtype=np.float64)
+    a = np.asarray(a, dtype=np.float64)
+    p = x.shape[-1] // a.shape[0]
+    h = hadamard(p)
+    if h is None or p & (p - 1):
+        raise ValueError(f"n / m = {p} is not a power of two")
+    return (x @ np.kron(a, h / np.sqrt(p))).astype(np.float32)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m smoothrot.ortops.library [--print-path]``: build (or find) the library."""
     parser = argparse.ArgumentParser(
@@ -244,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         path = library_path(build=True)
     except OrtOpsUnavailable as exc:
         parser.exit(2, f"smoothrot: error: {exc}\n")
-    print(path if args.print_path else f"{DOMAIN}::{OP_TYPE}, {OP_TYPE_PER_OC} library: {path}")
+    ops = ", ".join((OP_TYPE, OP_TYPE_PER_OC, OP_TYPE_ROTATION))
+    print(path if args.print_path else f"{DOMAIN}::{{{ops}}} library: {path}")
     return 0
 
 

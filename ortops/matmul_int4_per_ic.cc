@@ -2,6 +2,7 @@
 //
 //   MatMulInt4PerIC: Y[..., n] = sum_k A[..., k] * scales[n / group, k] * (nibble(B[n], k) - 8)
 //   MatMulInt4PerOC: Y[..., n] = sum_k A[..., k] * scales[n, k / group] * (nibble(B[n], k) - 8)
+//   KroneckerRotation: Y = X · (A ⊗ H_p / √p) per row (kron_rotation.h)
 //
 // Inputs: A float [..., K], B uint8 [N, ceil(K/2)] (low nibble = even k), scales float
 // [N/group, K] (per-IC) or [N, K/group] (per-OC). Attributes: K, N, group, accuracy_level
@@ -18,6 +19,8 @@
 
 #include "int4_per_ic_gemm.h"
 #include "int4_per_ic_kernels.h"
+#include "kron_rotation.h"
+#include "ort_common.h"
 
 namespace {
 
@@ -31,12 +34,6 @@ constexpr int64_t kGemmRows = 192;   // rows of A per GEMM task (16 output chann
 constexpr int64_t kInlinePrep = 1 << 15;     // GEMV: prepare activations inline up to this size
 constexpr int64_t kGemvTaskBytes = 1 << 15;  // GEMV: packed weight bytes per task
 constexpr int64_t kMultiUnits = 64;          // GEMV, several rows: K block (16-k units)
-
-template <typename T>
-T* scratch(std::vector<T>& v, size_t n) {
-  if (v.size() < n) v.resize(n);
-  return v.data();
-}
 
 struct Job {
   const float* A;
@@ -138,22 +135,11 @@ void gemm_task(void* data, size_t t) {
   gemm_panel(j.A, j.K, p, m0, m1, n0, n1, j.Y, j.N);
 }
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
 // Rows of A per task for the GEMV paths: ~kGemvTaskBytes of packed weights (a multiple of 4
 // rows), and >= ~16 tasks.
 int64_t gemv_rows_per_task(int64_t N, int64_t Kb) {
   const int64_t rows = std::max<int64_t>(4, round_up(kGemvTaskBytes / Kb, 4));
   return std::min(rows, std::max<int64_t>(4, round_up((N + 15) / 16, 4)));
-}
-
-void run_tasks(Ort::KernelContext& ctx, void (*fn)(void*, size_t), int64_t tasks, Job* job) {
-  if (tasks == 1) fn(job, 0);
-  else ctx.ParallelFor(fn, static_cast<size_t>(tasks), 0, job);
 }
 
 struct Kernel {
@@ -162,14 +148,7 @@ struct Kernel {
   const char* op_type;
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
-    try {
-      Compute(context);
-      return nullptr;
-    } catch (const Ort::Exception& e) {
-      return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
-    } catch (const std::exception& e) {
-      return Ort::GetApi().CreateStatus(ORT_FAIL, e.what());
-    }
+    return guarded([&] { Compute(context); });
   }
 
   void Compute(OrtKernelContext* context) {
@@ -312,6 +291,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   if (api == nullptr) return nullptr;  // runtime older than the headers: nothing we can report
   Ort::InitApi(api);
   static const Op per_ic{kPerIc, false}, per_oc{kPerOc, true};
+  static const smoothrot_ortops::RotationOp rotation;
   // Domains must outlive every session that uses them: keep them for the life of the process.
   static std::mutex mu;
   static auto* domains = new std::vector<Ort::CustomOpDomain>();
@@ -319,6 +299,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     Ort::CustomOpDomain domain{kDomain};
     domain.Add(&per_ic);
     domain.Add(&per_oc);
+    domain.Add(&rotation);
     Ort::UnownedSessionOptions(options).Add(domain);
     std::lock_guard<std::mutex> lock(mu);
     domains->push_back(std::move(domain));

@@ -33,6 +33,7 @@ from smoothrot.compiler.outdir import atomic_output_dir
 from smoothrot.compiler.pipeline import CompileConfig, compile_model, write_model_dir
 from smoothrot.compiler.recipes import Recipe, Transform
 from smoothrot.passes.lower_ort import PerIcKernel, PerOcKernel
+from smoothrot.passes.lower_rotation import RotationKernel
 from smoothrot.passes.norm_div import NormDivPass
 from smoothrot.passes.quantize_weights import Algorithm, GroupingMode, WeightQuantConfig
 from smoothrot.tools.bench_layer import layer_shape
@@ -43,6 +44,7 @@ from smoothrot.tools.peer_ort import PeerConfig, quantize_with_ort
 __all__ = ["ROWS", "SpeedRow", "main", "parse_args", "run"]
 
 FP32, PEER = "fp32 export", "ORT MatMulNBitsQuantizer RTN b128 (lm_head fp32)"
+ROTATION_MATMUL = "ours w4a16 per-OC, rotate, rotations as 4 standard nodes (--rotation matmul)"
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class SpeedRow:
     lm_head: bool = False  # ours: lm_head INT4 too (--quantize-lm-head)
     per_ic: PerIcKernel = PerIcKernel.ORTOPS
     per_oc: PerOcKernel = PerOcKernel.ORTOPS
+    rotation: RotationKernel = RotationKernel.ORTOPS
     evaluate: bool = False  # perplexity in the compile and lowering reports
 
 
@@ -79,6 +82,11 @@ ROWS = [
         per_oc=PerOcKernel.MATMULNBITS,
     ),
     SpeedRow("ours w4a16 per-OC, rotate", Recipe.W4A16),
+    SpeedRow(
+        ROTATION_MATMUL,
+        Recipe.W4A16,
+        rotation=RotationKernel.MATMUL,
+    ),
     SpeedRow(
         "ours w4a16 per-OC, rotate, as ORT's MatMulNBits",
         Recipe.W4A16,
@@ -128,7 +136,7 @@ def _build(row: SpeedRow, fp32: Path, dst: Path, cache: Path | None, level: int)
     qdq = dst.with_name(f"{dst.name}.qdq")
     if not (qdq / "smoothrot.json").is_file():
         compile_model(qdq, config, onnx_dir=fp32, cache=cache)
-    lowering = LowerConfig(level, row.evaluate, row.per_ic, row.per_oc)
+    lowering = LowerConfig(level, row.evaluate, row.per_ic, row.per_oc, row.rotation)
     lower_model(qdq, dst, lowering)
     shutil.rmtree(qdq)
     return dst
@@ -178,7 +186,7 @@ def _table(results: list[dict[str, Any]], bandwidth: float) -> str:
             f"{r['decode_weight_bytes'] / 1e6:.1f} | {roof:.0%} | {ppl} |"
         )
     none = by.get("ours w4a16 per-OC, no online Hadamard")
-    for name in ("ours w4a16 per-OC, rotate", "ours w4a16 per-OC, hybrid-online"):
+    for name in ("ours w4a16 per-OC, rotate", ROTATION_MATMUL, "ours w4a16 per-OC, hybrid-online"):
         if none and name in by:
             t, t0 = 1 / by[name]["decode_tokens_per_s"], 1 / none["decode_tokens_per_s"]
             lines.append(f"\nOnline Hadamard share of decode time, {name}: {(t - t0) / t:.1%}")

@@ -58,17 +58,26 @@ def add_lowering_options(p: argparse.ArgumentParser) -> None:
         help="kernel of per-OC layers: ortops = smoothrot's ONNX Runtime op MatMulInt4PerOC "
         "(groups that are multiples of 64; default); matmulnbits = ONNX Runtime's MatMulNBits",
     )
+    p.add_argument(
+        "--rotation",
+        choices=["ortops", "matmul"],
+        default="ortops",
+        help="online Hadamard rotations: ortops = one smoothrot KroneckerRotation node each "
+        "(default); matmul = the QDQ graph's Reshape/MatMul/MatMul/Reshape (standard ops)",
+    )
 
 
 def lower_config(args: argparse.Namespace):  # noqa: ANN201 - LowerConfig, imported lazily
     from smoothrot.compiler.lower import LowerConfig
     from smoothrot.passes.lower_ort import PerIcKernel, PerOcKernel
+    from smoothrot.passes.lower_rotation import RotationKernel
 
     return LowerConfig(
         accuracy_level=args.accuracy_level,
         evaluate=not args.no_eval,
         per_ic=PerIcKernel(args.per_ic),
         per_oc=PerOcKernel(args.per_oc),
+        rotation=RotationKernel(args.rotation),
     )
 
 
