@@ -5,7 +5,10 @@ CPU form, with a report that proves the lowering and measures what the shipped l
 and per-IC layers become our own ONNX Runtime ops (``ortops/``, built on this machine on first
 use; ``--per-oc matmulnbits`` / ``--per-ic split`` keep to ONNX Runtime's own ops, slower);
 ``LowerRotationPass`` turns each online Hadamard rotation (four Kronecker-factored nodes) into
-one ``KroneckerRotation`` node of ours (``--rotation matmul`` keeps the four); activation / KV
+one ``KroneckerRotation`` node of ours (``--rotation matmul`` keeps the four);
+``LowerAttentionPass`` turns each layer's exported attention (repeated K/V heads, transposed K,
+masked softmax: some 20 nodes and three copies of the cache per token) into one
+``GroupedAttention`` node of ours (``--attention standard`` keeps them); activation / KV
 QDQ stay standard ONNX nodes; ``NormDivPass`` puts the RMSNorms in the form ORT fuses.
 The report (``lowering.json`` + ``lowering.md``) holds:
 
@@ -35,8 +38,9 @@ from smoothrot.compiler.outdir import atomic_output_dir, check_output_dir
 from smoothrot.compiler.pipeline import write_model_dir
 from smoothrot.compiler.report import jsonable, logits_probe, model_bytes, perplexity_pair
 from smoothrot.ortops.library import OP_TYPE as PER_IC_OP
+from smoothrot.ortops.library import OP_TYPE_ATTENTION, OP_TYPE_ROTATION, library_path
 from smoothrot.ortops.library import OP_TYPE_PER_OC as PER_OC_OP
-from smoothrot.ortops.library import OP_TYPE_ROTATION, library_path
+from smoothrot.passes.lower_attention import AttentionKernel, LowerAttentionPass
 from smoothrot.passes.lower_ort import (
     KERNEL_OPS,
     LowerToMatMulNBitsPass,
@@ -52,6 +56,8 @@ __all__ = ["DEFAULT_ACCURACY_LEVEL", "LowerConfig", "lower_model"]
 # project's 2-core AVX2 machine level 0 is slower than fp32 for the default model's layer shapes
 # (tools/bench_layer.py). Its quality is measured in every lowering report.
 DEFAULT_ACCURACY_LEVEL = 4
+# The probes decode the last tokens one by one: the KV-cache path of the attention op is checked.
+PROBE_DECODE_STEPS = 32
 COMPILE_REPORT_FILES = ("report.json", "report.md", "report_layers.png")
 
 
@@ -62,6 +68,7 @@ class LowerConfig:
     per_ic: PerIcKernel = PerIcKernel.ORTOPS
     per_oc: PerOcKernel = PerOcKernel.ORTOPS
     rotation: RotationKernel = RotationKernel.ORTOPS
+    attention: AttentionKernel = AttentionKernel.ORTOPS
 
     def __post_init__(self) -> None:
         if self.accuracy_level not in (0, 1, 2, 3, 4):
@@ -69,6 +76,7 @@ class LowerConfig:
         PerIcKernel(self.per_ic)
         PerOcKernel(self.per_oc)
         RotationKernel(self.rotation)
+        AttentionKernel(self.attention)
 
 
 @dataclass
@@ -76,12 +84,13 @@ class _Lowering:
     model: ir.Model
     layers: LowerToMatMulNBitsPass
     rotations: LowerRotationPass
+    attention: LowerAttentionPass
 
 
 def _lowered_graph(source: Path, config: LowerConfig) -> _Lowering:
     manifest = load_manifest(source)
     model = ir.load(str(source / manifest.model_file))
-    done = {n.op_type for n in model.graph} & {*KERNEL_OPS, OP_TYPE_ROTATION}
+    done = {n.op_type for n in model.graph} & {*KERNEL_OPS, OP_TYPE_ROTATION, OP_TYPE_ATTENTION}
     if done:
         raise SmoothrotError(f"{source} is already lowered (it has {sorted(done)} nodes)")
     lowering = LowerToMatMulNBitsPass(config.accuracy_level, config.per_ic, config.per_oc)
@@ -89,12 +98,15 @@ def _lowered_graph(source: Path, config: LowerConfig) -> _Lowering:
     rotations = LowerRotationPass()
     if config.rotation is RotationKernel.ORTOPS:
         rotations(model)
+    attention = LowerAttentionPass()
+    if config.attention is AttentionKernel.ORTOPS:
+        attention(model)
     NormDivPass()(model)
     if not lowering.lowered:
         raise SmoothrotError(
             f"{source} has no INT4 QDQ MatMul to lower; compile a w4* recipe first"
         )
-    return _Lowering(model, lowering, rotations)
+    return _Lowering(model, lowering, rotations, attention)
 
 
 def _exactness(
@@ -105,7 +117,7 @@ def _exactness(
     exact = work / "level0"
     exact.mkdir()
     write_model_dir(model, source, load_manifest(source), exact, [stage])
-    return logits_probe(source, exact)
+    return logits_probe(source, exact, decode_steps=PROBE_DECODE_STEPS)
 
 
 def _report(
@@ -127,6 +139,11 @@ def _report(
             "lowered": lowered.rotations.lowered,
             "left_as_matmuls": lowered.rotations.skipped,
         },
+        "attention_kernel": str(config.attention),
+        "attention": {
+            "lowered": lowered.attention.lowered,
+            "left_as_exported": lowered.attention.skipped,
+        },
         "layers": {
             "lowered": len(lowering.lowered),
             "by_grouping": dict(counts),
@@ -135,7 +152,7 @@ def _report(
             "left_as_qdq": lowering.skipped,
         },
         "exactness_level0": _exactness(source, work, config, stage),
-        "shipped_vs_qdq": logits_probe(source, out),
+        "shipped_vs_qdq": logits_probe(source, out, decode_steps=PROBE_DECODE_STEPS),
         "size_bytes": {"qdq": model_bytes(source), "lowered": model_bytes(out)},
         "per_layer": jsonable(lowering.lowered),
     }
@@ -158,10 +175,12 @@ def _markdown(r: dict[str, Any]) -> str:
         f"Online rotations as one `KroneckerRotation` node each: {rot['lowered']} (rotation "
         f"kernel `{r['rotation_kernel']}`; left as four nodes: "
         f"{rot['left_as_matmuls'] or 'none'}).",
+        f"Attention layers as one `GroupedAttention` node each: {r['attention']['lowered']} "
+        f"(attention kernel `{r['attention_kernel']}`; left as exported: "
+        f"{r['attention']['left_as_exported'] or 'none'}).",
         "",
-        "| check (logits on {} tokens vs the QDQ model) | max abs diff | SNR dB | top-1 |".format(
-            ex["tokens"]
-        ),
+        "| check (logits on {} tokens, the last {} decoded with the KV cache, vs the QDQ model) "
+        "| max abs diff | SNR dB | top-1 |".format(ex["tokens"], ex["decode_steps"]),
         "|---|---|---|---|",
         f"| lowering at level 0 (exactness) | {ex['max_abs_logit_diff']:.3g} | "
         f"{ex['logit_snr_db']:.1f} | {ex['top1_agreement']:.1%} |",
@@ -191,7 +210,11 @@ def lower_model(source: Path, out: Path, config: LowerConfig = LowerConfig()) ->
     lowered = _lowered_graph(source, config)
     model, lowering = lowered.model, lowered.layers
     kernels = dict(Counter(n.op_type for n in model.graph if n.op_type in KERNEL_OPS))
-    if set(kernels) & {PER_IC_OP, PER_OC_OP} or lowered.rotations.lowered:
+    if (
+        set(kernels) & {PER_IC_OP, PER_OC_OP}
+        or lowered.rotations.lowered
+        or lowered.attention.lowered
+    ):
         library_path(build=True)  # fails here, in one line, if this machine cannot build it
     stage = {
         "stage": "lower_ort",
@@ -201,6 +224,8 @@ def lower_model(source: Path, out: Path, config: LowerConfig = LowerConfig()) ->
         "per_oc_kernel": str(config.per_oc),
         "rotation_kernel": str(config.rotation),
         "rotations_lowered": lowered.rotations.lowered,
+        "attention_kernel": str(config.attention),
+        "attention_lowered": lowered.attention.lowered,
         "kernel_nodes": kernels,
         "lowered": len(lowering.lowered),
     }

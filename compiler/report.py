@@ -23,7 +23,7 @@ from smoothrot.compiler.evaluate import evaluate_dir
 from smoothrot.compiler.manifest import load_manifest
 from smoothrot.compiler.runner import OrtDecoder, load_tokenizer
 
-__all__ = ["jsonable", "logits_probe", "model_bytes", "write_report"]
+__all__ = ["jsonable", "logits_probe", "model_bytes", "teacher_forced_logits", "write_report"]
 
 PROBE_TOKENS = 128
 
@@ -48,13 +48,30 @@ def model_bytes(directory: Path) -> int:
     return sum(p.stat().st_size for p in Path(directory).glob(f"{m}*") if p.is_file())
 
 
-def logits_probe(source: Path, result: Path, optimize: bool = True) -> dict[str, Any]:
+def teacher_forced_logits(decoder: OrtDecoder, ids: np.ndarray, decode_steps: int) -> np.ndarray:
+    """Logits for ``ids``: one prefill, then the last ``decode_steps`` tokens one at a time
+    through the KV cache (the decode path, which a graph may run differently)."""
+    split = ids.shape[1] - decode_steps
+    logits, past = decoder.forward(ids[:, :split])
+    parts = [logits]
+    for t in range(split, ids.shape[1]):
+        logits, past = decoder.forward(ids[:, t : t + 1], past)
+        parts.append(logits)
+    return np.concatenate(parts, axis=1)
+
+
+def logits_probe(
+    source: Path, result: Path, optimize: bool = True, decode_steps: int = 0
+) -> dict[str, Any]:
     """Logits of ``result`` vs ``source`` on the first 128 evaluation tokens (``optimize``:
-    with ONNX Runtime's graph optimizations, else both graphs exactly as written)."""
+    with ONNX Runtime's graph optimizations, else both graphs exactly as written), the last
+    ``decode_steps`` of them decoded one by one with the KV cache."""
     ids = load_tokenizer(source).encode(corpus_part(CorpusPart.EVALUATION)[:4000])
     ids = np.asarray([ids[:PROBE_TOKENS]], np.int64)
-    ref, _ = OrtDecoder(source, optimize=optimize).forward(ids)
-    ours, _ = OrtDecoder(result, optimize=optimize).forward(ids)
+    if not 0 <= decode_steps < ids.shape[1]:
+        raise ValueError(f"decode_steps must be in [0, {ids.shape[1]}), got {decode_steps}")
+    ref = teacher_forced_logits(OrtDecoder(source, optimize=optimize), ids, decode_steps)
+    ours = teacher_forced_logits(OrtDecoder(result, optimize=optimize), ids, decode_steps)
     noise = float(np.linalg.norm(ours - ref))
     snr = 20 * np.log10(np.linalg.norm(ref) / noise) if noise > 0 else float("inf")
     return {
@@ -62,6 +79,7 @@ def logits_probe(source: Path, result: Path, optimize: bool = True) -> dict[str,
         "max_abs_logit_diff": float(np.abs(ours - ref).max()),
         "logit_snr_db": float(snr),
         "top1_agreement": float(np.mean(ours.argmax(-1) == ref.argmax(-1))),
+        "decode_steps": decode_steps,
     }
 
 

@@ -26,6 +26,12 @@ pairs; otherwise it dequantizes panels of 16 output channels (fp32).
 m`` a power of two and ``H_p`` the Sylvester Hadamard matrix (a fast Walsh–Hadamard transform
 inside), the same values as the four-node Reshape/MatMul/MatMul/Reshape form.
 
+``smoothrot.ort::GroupedAttention(Q, K, V, mask; scale, masked_value)`` is the exporter's
+``scaled_dot_product_attention`` with grouped K/V heads in one node, reading the present cache
+``K, V [B, KV, T, D]`` in place instead of repeating it to ``H`` heads: for ``Q [B, H, S, D]``
+and a bool ``mask [B|1, H|1, S, T]``, ``softmax(scale · Q·Kᵀ + (mask ? 0 : masked_value)) · V``
+with head ``h`` reading K/V head ``h // (H / KV)``, and rows whose softmax is NaN set to 0.
+
 The C++ source ships with the package; it is compiled on first use with g++ against the ONNX
 Runtime 1.21 C API headers from Debian's ``libonnxruntime-dev`` (fetched once and verified by
 sha256) and cached under :func:`cache_dir`.
@@ -55,6 +61,7 @@ __all__ = [
     "CXXFLAGS",
     "DOMAIN",
     "OP_TYPE",
+    "OP_TYPE_ATTENTION",
     "OP_TYPE_PER_OC",
     "OP_TYPE_ROTATION",
     "OrtOpsUnavailable",
@@ -64,6 +71,7 @@ __all__ = [
     "main",
     "pack_per_ic",
     "reference",
+    "reference_attention",
     "reference_rotation",
     "register",
 ]
@@ -72,6 +80,7 @@ DOMAIN = "smoothrot.ort"
 OP_TYPE = "MatMulInt4PerIC"
 OP_TYPE_PER_OC = "MatMulInt4PerOC"
 OP_TYPE_ROTATION = "KroneckerRotation"
+OP_TYPE_ATTENTION = "GroupedAttention"
 
 HEADERS_URL = (
     "https://deb.debian.org/debian/pool/main/o/onnxruntime/"
@@ -89,6 +98,7 @@ _SOURCES = (
     "int4_per_ic_gemm.h",
     "kron_rotation.h",
     "ort_common.h",
+    "grouped_attention.h",
 )
 
 
@@ -259,6 +269,21 @@ def reference_rotation(x: np.ndarray, a: np.ndarray) -> np.ndarray:
     return (x @ np.kron(a, h / np.sqrt(p))).astype(np.float32)
 
 
+def reference_attention(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, scale: float, masked: float
+) -> np.ndarray:
+    """float64 numpy reference of GroupedAttention, returned as float32 ``[B, H, S, D]``."""
+    rep = q.shape[1] // k.shape[1]
+    k64 = np.repeat(np.asarray(k, np.float64), rep, axis=1)
+    v64 = np.repeat(np.asarray(v, np.float64), rep, axis=1)
+    scores = scale * np.asarray(q, np.float64) @ k64.swapaxes(-1, -2)
+    scores = scores + np.where(mask, 0.0, masked)
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        p = np.nan_to_num(e / e.sum(axis=-1, keepdims=True), nan=0.0)
+    return (p @ v64).astype(np.float32)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m smoothrot.ortops.library [--print-path]``: build (or find) the library."""
     parser = argparse.ArgumentParser(
@@ -270,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         path = library_path(build=True)
     except OrtOpsUnavailable as exc:
         parser.exit(2, f"smoothrot: error: {exc}\n")
-    ops = ", ".join((OP_TYPE, OP_TYPE_PER_OC, OP_TYPE_ROTATION))
+    ops = ", ".join((OP_TYPE, OP_TYPE_PER_OC, OP_TYPE_ROTATION, OP_TYPE_ATTENTION))
     print(path if args.print_path else f"{DOMAIN}::{{{ops}}} library: {path}")
     return 0
 

@@ -3,6 +3,7 @@
 //   MatMulInt4PerIC: Y[..., n] = sum_k A[..., k] * scales[n / group, k] * (nibble(B[n], k) - 8)
 //   MatMulInt4PerOC: Y[..., n] = sum_k A[..., k] * scales[n, k / group] * (nibble(B[n], k) - 8)
 //   KroneckerRotation: Y = X · (A ⊗ H_p / √p) per row (kron_rotation.h)
+//   GroupedAttention: masked softmax attention over grouped K/V heads (grouped_attention.h)
 //
 // Inputs: A float [..., K], B uint8 [N, ceil(K/2)] (low nibble = even k), scales float
 // [N/group, K] (per-IC) or [N, K/group] (per-OC). Attributes: K, N, group, accuracy_level
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "int4_per_ic_gemm.h"
+#include "grouped_attention.h"
 #include "int4_per_ic_kernels.h"
 #include "kron_rotation.h"
 #include "ort_common.h"
@@ -292,6 +294,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   Ort::InitApi(api);
   static const Op per_ic{kPerIc, false}, per_oc{kPerOc, true};
   static const smoothrot_ortops::RotationOp rotation;
+  static const smoothrot_ortops::AttentionOp attention;
   // Domains must outlive every session that uses them: keep them for the life of the process.
   static std::mutex mu;
   static auto* domains = new std::vector<Ort::CustomOpDomain>();
@@ -300,6 +303,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     domain.Add(&per_ic);
     domain.Add(&per_oc);
     domain.Add(&rotation);
+    domain.Add(&attention);
     Ort::UnownedSessionOptions(options).Add(domain);
     std::lock_guard<std::mutex> lock(mu);
     domains->push_back(std::move(domain));

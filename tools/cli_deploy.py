@@ -65,10 +65,18 @@ def add_lowering_options(p: argparse.ArgumentParser) -> None:
         help="online Hadamard rotations: ortops = one smoothrot KroneckerRotation node each "
         "(default); matmul = the QDQ graph's Reshape/MatMul/MatMul/Reshape (standard ops)",
     )
+    p.add_argument(
+        "--attention",
+        choices=["ortops", "standard"],
+        default="ortops",
+        help="attention: ortops = one smoothrot GroupedAttention node per layer, reading the KV "
+        "cache in place (default); standard = the exporter's nodes (repeated K/V heads)",
+    )
 
 
 def lower_config(args: argparse.Namespace):  # noqa: ANN201 - LowerConfig, imported lazily
     from smoothrot.compiler.lower import LowerConfig
+    from smoothrot.passes.lower_attention import AttentionKernel
     from smoothrot.passes.lower_ort import PerIcKernel, PerOcKernel
     from smoothrot.passes.lower_rotation import RotationKernel
 
@@ -78,6 +86,7 @@ def lower_config(args: argparse.Namespace):  # noqa: ANN201 - LowerConfig, impor
         per_ic=PerIcKernel(args.per_ic),
         per_oc=PerOcKernel(args.per_oc),
         rotation=RotationKernel(args.rotation),
+        attention=AttentionKernel(args.attention),
     )
 
 

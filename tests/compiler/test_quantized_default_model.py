@@ -38,6 +38,7 @@ def test_w4a16_recipe_on_the_default_model(default_export, tmp_path):
     assert ours > 0 and lowered["layers"]["kernel_nodes"] == {k: v for k, v in kernels.items() if v}
     # Every online rotation of the rotate recipe (the down_proj inputs) is one node of ours.
     assert lowered["rotations"]["lowered"] == 30 and not lowered["rotations"]["left_as_matmuls"]
+    assert lowered["attention"] == {"lowered": 30, "left_as_exported": {}}
     assert lowered["exactness_level0"]["max_abs_logit_diff"] < 1e-3
     assert abs(lowered["perplexity"]["qdq_level0"] - ppl["after"]) < 1e-9
     assert abs(lowered["perplexity"]["ratio"] - 1) <= 0.01, lowered["perplexity"]

@@ -26,6 +26,8 @@ def test_compile_target_ort_lowers_and_benches(capsys, tmp_path, tiny_export):
     graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
     rotations = [n for n in graph.node if n.op_type == "KroneckerRotation"]
     assert len(rotations) == report["rotations"]["lowered"] == 2  # down_proj inputs
+    assert report["attention"] == {"lowered": 2, "left_as_exported": {}}
+    assert report["exactness_level0"]["decode_steps"] == 32  # the KV-cache path is checked too
     levels = {
         a.i
         for n in graph.node
@@ -60,11 +62,12 @@ def test_lower_without_the_op_library_fails_in_one_line(capsys, tmp_path, tiny_e
     assert err[-1] == "smoothrot: error: no C++ compiler (g++) on this machine"
     assert not any("Traceback" in line for line in err)
     assert list(tmp_path.iterdir()) == []  # neither the output nor the QDQ leftover
-    split = argv[:-1] + ["--per-ic", "split", "--rotation", "matmul", "--no-eval"]
+    split = argv[:-1] + ["--per-ic", "split", "--rotation", "matmul", "--attention", "standard"]
+    split.append("--no-eval")
     assert main(split) == 0  # standard ops only: no library needed
     report = json.loads((out / "lowering.json").read_text())
     assert report["per_ic_kernel"] == "split" and "MatMulInt4PerIC" not in str(report["layers"])
-    assert report["rotations"]["lowered"] == 0
+    assert report["rotations"]["lowered"] == report["attention"]["lowered"] == 0
 
 
 def test_per_oc_kernel_choice(capsys, tmp_path, tiny_export, monkeypatch):
@@ -95,7 +98,7 @@ def test_per_oc_kernel_choice(capsys, tmp_path, tiny_export, monkeypatch):
         .endswith("no C++ compiler (g++) on this machine")
     )
     assert not (tmp_path / "x").exists()
-    standard = ["--per-oc", "matmulnbits", "--rotation", "matmul"]
+    standard = ["--per-oc", "matmulnbits", "--rotation", "matmul", "--attention", "standard"]
     assert main(argv + [str(tmp_path / "nbits"), *standard]) == 0
     report = json.loads((tmp_path / "nbits" / "lowering.json").read_text())
     assert report["layers"]["kernel_nodes"] == {"MatMulNBits": 14}

@@ -1,0 +1,49 @@
+"""The exporter's attention → one GroupedAttention node per layer: same logits in prefill and in
+decode steps with the KV cache, the repeated/transposed cache gone, refusals named."""
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from smoothrot.compiler.report import teacher_forced_logits
+from smoothrot.compiler.runner import OrtDecoder
+from smoothrot.ortops.library import OP_TYPE_ATTENTION
+from smoothrot.passes.lower_attention import LowerAttentionPass
+from tests.passes.test_lower_ort import IDS, _save
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_attention_becomes_one_node_per_layer_with_the_same_logits(tiny_export, tmp_path, arch):
+    src = tiny_export(arch)
+    model = ir.load(src / "model.onnx")
+    before = [n.op_type for n in model.graph]
+    lowering = LowerAttentionPass()
+    lowering(model)
+    ops = [n.op_type for n in model.graph]
+    assert lowering.lowered == 2 and not lowering.skipped
+    assert ops.count(OP_TYPE_ATTENTION) == 2
+    assert not {"Softmax", "IsNaN"} & set(ops)
+    assert ops.count("Expand") == before.count("Expand") - 2 * 2  # the K and V head repeats
+    assert len(ops) < len(before) - 2 * 15  # some 20 nodes per layer become one
+    ref = teacher_forced_logits(OrtDecoder(src), IDS, decode_steps=8)
+    got = teacher_forced_logits(OrtDecoder(_save(model, src, tmp_path / "low")), IDS, 8)
+    assert np.abs(got - ref).max() < 1e-4 * np.abs(ref).max()
+    again = LowerAttentionPass()
+    again(model)
+    assert again.lowered == 0 and not again.skipped  # no Softmax left
+
+
+def test_attention_that_is_not_the_pattern_is_named_and_kept(tiny_export):
+    model = ir.load(tiny_export("llama") / "model.onnx")
+    transpose = next(
+        n
+        for n in model.graph
+        if n.op_type == "Transpose" and n.attributes["perm"].as_ints() == (0, 2, 1)
+    )
+    transpose.attributes["perm"] = ir.AttrInt64s("perm", [1, 0, 2])  # not a K transpose
+    lowering = LowerAttentionPass()
+    lowering(model)
+    assert lowering.lowered == 1 and len(lowering.skipped) == 1
+    (why,) = lowering.skipped.values()
+    assert why == "K is not transposed by perm [0, 2, 1]"
+    assert sum(n.op_type == "Softmax" for n in model.graph) == 1
