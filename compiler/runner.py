@@ -68,6 +68,7 @@ class OrtDecoder:
         accuracy_level: int = EXACT_ACCURACY_LEVEL,
         kv_prefix: int | None = None,
         optimize: bool = True,
+        profile_prefix: str | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.manifest: Manifest = load_manifest(self.directory)
@@ -76,6 +77,9 @@ class OrtDecoder:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
+        if profile_prefix:  # ORT writes one JSON trace, returned by session.end_profiling()
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
         model_path = self.directory / self.manifest.model_file
         if model_path.is_file() and needs_ortops(model_path):  # built on first use
             register_ortops(options, build=True)

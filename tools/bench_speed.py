@@ -31,7 +31,9 @@ from smoothrot.compiler.lower import LowerConfig, lower_model
 from smoothrot.compiler.manifest import load_manifest
 from smoothrot.compiler.outdir import atomic_output_dir
 from smoothrot.compiler.pipeline import CompileConfig, compile_model, write_model_dir
+from smoothrot.compiler.profile import profile_decode
 from smoothrot.compiler.recipes import Recipe, Transform
+from smoothrot.passes.lower_attention import AttentionKernel
 from smoothrot.passes.lower_ort import PerIcKernel, PerOcKernel
 from smoothrot.passes.lower_rotation import RotationKernel
 from smoothrot.passes.norm_div import NormDivPass
@@ -44,7 +46,8 @@ from smoothrot.tools.peer_ort import PeerConfig, quantize_with_ort
 __all__ = ["ROWS", "SpeedRow", "main", "parse_args", "run"]
 
 FP32, PEER = "fp32 export", "ORT MatMulNBitsQuantizer RTN b128 (lm_head fp32)"
-ROTATION_MATMUL = "ours w4a16 per-OC, rotate, rotations as 4 standard nodes (--rotation matmul)"
+SHIPPED = "ours w4a16 (shipped: GPTQ AdaDim, rotate)"
+ROTATION_MATMUL = "ours w4a16 (shipped), rotations as 4 standard nodes (--rotation matmul)"
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class SpeedRow:
     per_ic: PerIcKernel = PerIcKernel.ORTOPS
     per_oc: PerOcKernel = PerOcKernel.ORTOPS
     rotation: RotationKernel = RotationKernel.ORTOPS
+    attention: AttentionKernel = AttentionKernel.ORTOPS
     evaluate: bool = False  # perplexity in the compile and lowering reports
 
 
@@ -68,11 +72,25 @@ ROWS = [
     SpeedRow(PEER),
     SpeedRow("ORT MatMulNBitsQuantizer RTN b128, lm_head INT4 too", peer_lm_head=True),
     SpeedRow(
-        "ours w4a16 (shipped: GPTQ AdaDim, rotate)",
+        SHIPPED,
         Recipe.W4A16,
         grouping=GroupingMode.ADADIM,
         algorithm=Algorithm.GPTQ,
         evaluate=True,
+    ),
+    SpeedRow(
+        "ours w4a16 (shipped), the exporter's attention (--attention standard)",
+        Recipe.W4A16,
+        grouping=GroupingMode.ADADIM,
+        algorithm=Algorithm.GPTQ,
+        attention=AttentionKernel.STANDARD,
+    ),
+    SpeedRow(
+        ROTATION_MATMUL,
+        Recipe.W4A16,
+        grouping=GroupingMode.ADADIM,
+        algorithm=Algorithm.GPTQ,
+        rotation=RotationKernel.MATMUL,
     ),
     SpeedRow(
         "ours w4a16 (shipped), per-OC layers as ORT's MatMulNBits (--per-oc matmulnbits)",
@@ -82,11 +100,6 @@ ROWS = [
         per_oc=PerOcKernel.MATMULNBITS,
     ),
     SpeedRow("ours w4a16 per-OC, rotate", Recipe.W4A16),
-    SpeedRow(
-        ROTATION_MATMUL,
-        Recipe.W4A16,
-        rotation=RotationKernel.MATMUL,
-    ),
     SpeedRow(
         "ours w4a16 per-OC, rotate, as ORT's MatMulNBits",
         Recipe.W4A16,
@@ -136,7 +149,7 @@ def _build(row: SpeedRow, fp32: Path, dst: Path, cache: Path | None, level: int)
     qdq = dst.with_name(f"{dst.name}.qdq")
     if not (qdq / "smoothrot.json").is_file():
         compile_model(qdq, config, onnx_dir=fp32, cache=cache)
-    lowering = LowerConfig(level, row.evaluate, row.per_ic, row.per_oc, row.rotation)
+    lowering = LowerConfig(level, row.evaluate, row.per_ic, row.per_oc, row.rotation, row.attention)
     lower_model(qdq, dst, lowering)
     shutil.rmtree(qdq)
     return dst
@@ -185,8 +198,12 @@ def _table(results: list[dict[str, Any]], bandwidth: float) -> str:
             f"{r['peak_rss_bytes'] / 2**20:.0f} | {r['model_bytes'] / 1e6:.1f} | "
             f"{r['decode_weight_bytes'] / 1e6:.1f} | {roof:.0%} | {ppl} |"
         )
+    for r in results:
+        if "online_rotation_share" in r:
+            share = r["online_rotation_share"]
+            lines.append(f"\nOnline Hadamard share (ORT profiler), {r['row']}: {share:.1%}")
     none = by.get("ours w4a16 per-OC, no online Hadamard")
-    for name in ("ours w4a16 per-OC, rotate", ROTATION_MATMUL, "ours w4a16 per-OC, hybrid-online"):
+    for name in ("ours w4a16 per-OC, rotate", "ours w4a16 per-OC, hybrid-online"):
         if none and name in by:
             t, t0 = 1 / by[name]["decode_tokens_per_s"], 1 / none["decode_tokens_per_s"]
             lines.append(f"\nOnline Hadamard share of decode time, {name}: {(t - t0) / t:.1%}")
@@ -234,6 +251,9 @@ def run(args: argparse.Namespace, rows: list[SpeedRow]) -> list[dict[str, Any]]:
         results.append(
             {"row": row.name, **_median_round(rounds[row.name]), **_perplexity(models[row.name])}
         )
+        if row.name in (SHIPPED, ROTATION_MATMUL):  # measured inside one run: no drift
+            profile = profile_decode(models[row.name], args.prompt_tokens, threads=args.threads)
+            results[-1]["online_rotation_share"] = profile["online_rotation_share"]
     order = [row.name for row in ROWS]
     results.sort(key=lambda r: order.index(r["row"]) if r["row"] in order else len(order))
     bandwidth = max(memory_bandwidth() for _ in range(3))

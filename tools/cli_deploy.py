@@ -145,6 +145,12 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
         help="for QDQ (not lowered) models: the level ORT fuses DQ+MatMul at",
     )
     add_backend(p)
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile 32 decode steps with ONNX Runtime's profiler: time per op type and "
+        "the online rotations' share",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_run_bench)
 
@@ -161,7 +167,13 @@ def _run_bench(args: argparse.Namespace) -> int:
         accuracy_level=args.accuracy_level,
         backend=Backend(args.backend),
     )
+    if args.profile and config.backend is not Backend.ORT:
+        raise ValueError("--profile uses ONNX Runtime's profiler: it needs --backend ort")
     r = bench_dir(args.model_dir, config)
+    if args.profile:
+        from smoothrot.compiler.profile import profile_decode
+
+        r["profile"] = profile_decode(args.model_dir, args.prompt_tokens, threads=args.threads)
     if args.json:
         print(json.dumps(r))
         return 0
@@ -172,4 +184,8 @@ def _run_bench(args: argparse.Namespace) -> int:
         f"{r['peak_rss_bytes'] / 2**20:.0f} MiB, model {r['model_bytes'] / 1e6:.1f} MB, "
         f"{r['decode_weight_bytes'] / 1e6:.1f} MB read per decoded token"
     )
+    if "profile" in r:
+        from smoothrot.compiler.profile import profile_table
+
+        print(profile_table(r["profile"]))
     return 0

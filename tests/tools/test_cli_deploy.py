@@ -43,6 +43,13 @@ def test_compile_target_ort_lowers_and_benches(capsys, tmp_path, tiny_export):
     assert result["decode_tokens_per_s"] > 0 and len(result["decode_runs"]) == 2
     assert 0 < result["decode_weight_bytes"] < result["model_bytes"]
     assert result["peak_rss_bytes"] > 0
+    assert main(bench + ["--profile"]) == 0  # the ops the lowering wrote, with their share
+    assert "| op type | ms / token | share | nodes |" in capsys.readouterr().out
+    assert main(bench + ["--profile", "--json"]) == 0
+    profile = json.loads(capsys.readouterr().out)["profile"]
+    assert profile["by_op"]["GroupedAttention"]["nodes"] == 2
+    assert profile["by_op"]["KroneckerRotation"]["nodes"] == 2
+    assert 0 < profile["online_rotation_share"] < 1
 
 
 def test_lower_without_the_op_library_fails_in_one_line(capsys, tmp_path, tiny_export, monkeypatch):
