@@ -66,37 +66,26 @@ class SpeedRow:
     evaluate: bool = False  # perplexity in the compile and lowering reports
 
 
+def _shipped(name: str, **variant: Any) -> SpeedRow:
+    """A row of the shipped recipe (w4a16, GPTQ, AdaDim, rotate), lowered with ``variant``."""
+    return SpeedRow(
+        name, Recipe.W4A16, grouping=GroupingMode.ADADIM, algorithm=Algorithm.GPTQ, **variant
+    )
+
+
 ROWS = [
     SpeedRow(FP32),
     SpeedRow("fp32, norms as Div (the lowering's graph rewrite only)"),
     SpeedRow(PEER),
     SpeedRow("ORT MatMulNBitsQuantizer RTN b128, lm_head INT4 too", peer_lm_head=True),
-    SpeedRow(
-        SHIPPED,
-        Recipe.W4A16,
-        grouping=GroupingMode.ADADIM,
-        algorithm=Algorithm.GPTQ,
-        evaluate=True,
-    ),
-    SpeedRow(
+    _shipped(SHIPPED, evaluate=True),
+    _shipped(
         "ours w4a16 (shipped), the exporter's attention (--attention standard)",
-        Recipe.W4A16,
-        grouping=GroupingMode.ADADIM,
-        algorithm=Algorithm.GPTQ,
         attention=AttentionKernel.STANDARD,
     ),
-    SpeedRow(
-        ROTATION_MATMUL,
-        Recipe.W4A16,
-        grouping=GroupingMode.ADADIM,
-        algorithm=Algorithm.GPTQ,
-        rotation=RotationKernel.MATMUL,
-    ),
-    SpeedRow(
+    _shipped(ROTATION_MATMUL, rotation=RotationKernel.MATMUL),
+    _shipped(
         "ours w4a16 (shipped), per-OC layers as ORT's MatMulNBits (--per-oc matmulnbits)",
-        Recipe.W4A16,
-        grouping=GroupingMode.ADADIM,
-        algorithm=Algorithm.GPTQ,
         per_oc=PerOcKernel.MATMULNBITS,
     ),
     SpeedRow("ours w4a16 per-OC, rotate", Recipe.W4A16),
@@ -105,14 +94,7 @@ ROWS = [
         Recipe.W4A16,
         per_oc=PerOcKernel.MATMULNBITS,
     ),
-    SpeedRow(
-        "ours w4a16 (shipped), lm_head INT4 too",
-        Recipe.W4A16,
-        grouping=GroupingMode.ADADIM,
-        algorithm=Algorithm.GPTQ,
-        lm_head=True,
-        evaluate=True,
-    ),
+    _shipped("ours w4a16 (shipped), lm_head INT4 too", lm_head=True, evaluate=True),
     SpeedRow("ours w4a16 per-IC, rotate", Recipe.W4A16, grouping=GroupingMode.PER_IC),
     SpeedRow(
         "ours w4a16 per-IC, rotate, standard ORT ops only (--per-ic split)",
