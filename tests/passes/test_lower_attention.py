@@ -12,7 +12,7 @@ from smoothrot.passes.lower_attention import LowerAttentionPass
 from tests.passes.test_lower_ort import IDS, _save
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])  # mistral: sliding window
 def test_attention_becomes_one_node_per_layer_with_the_same_logits(tiny_export, tmp_path, arch):
     src = tiny_export(arch)
     model = ir.load(src / "model.onnx")
