@@ -112,11 +112,17 @@ def cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "smoothrot" / "ortops"
 
 
+def _cxxflags() -> tuple[str, ...]:
+    """CXXFLAGS plus ``$SMOOTHROT_ORTOPS_CXXFLAGS`` (for example ``-mno-avxvnni -mno-avx512vnni``
+    builds the AVX2 kernels on a CPU with VNNI; the flags are part of the build key)."""
+    return (*CXXFLAGS, *os.environ.get("SMOOTHROT_ORTOPS_CXXFLAGS", "").split())
+
+
 def _build_key() -> str:
     h = hashlib.sha256()
     for name in _SOURCES:
         h.update(name.encode() + b"\0" + (_SOURCE_DIR / name).read_bytes() + b"\0")
-    h.update(" ".join((CXX, *CXXFLAGS)).encode() + b"\0" + HEADERS_VERSION.encode())
+    h.update(" ".join((CXX, *_cxxflags())).encode() + b"\0" + HEADERS_VERSION.encode())
     h.update(b"\0" + _cpu_identity().encode())  # -march=native: one build per kind of CPU
     return h.hexdigest()[:16]
 
@@ -147,7 +153,7 @@ def library_path(build: bool = True) -> Path:
     fd, tmp_name = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    cmd = [CXX, *CXXFLAGS, "-I", str(include), "-I", str(_SOURCE_DIR)]
+    cmd = [CXX, *_cxxflags(), "-I", str(include), "-I", str(_SOURCE_DIR)]
     cmd += [str(_SOURCE_DIR / _SOURCES[0]), "-o", str(tmp)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
