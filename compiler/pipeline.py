@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import tempfile
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+import smoothrot.passes
 from smoothrot.compiler.calibrate import (
     CalibrationConfig,
     calibrate_dir,
@@ -63,6 +65,7 @@ __all__ = [
     "compile_model",
     "exact_passes",
     "layer_lookup",
+    "statistics_store",
     "write_model_dir",
 ]
 
@@ -202,13 +205,13 @@ def compile_model(
     spec = config.recipe.spec
     with tempfile.TemporaryDirectory(prefix="smoothrot-") as tmp:
         work = Path(tmp)
-        store = Path(cache) if cache is not None else work
         tokens = config.calibration_tokens
         if onnx_dir is None:
             onnx_dir = work / "export"
             stages.timed(
                 "export", lambda: export_model(resolve_source(model), onnx_dir, ExportConfig())
             )
+        store = statistics_store(Path(cache), onnx_dir) if cache is not None else work
         manifest = load_manifest(onnx_dir)
         if spec.weights:  # refuse a group size that fits no layer before any slow work
             check_group_sizes(manifest.dims, config.weights)
@@ -251,6 +254,17 @@ def compile_model(
             report = write_report(result, onnx_dir, config, stages.rows, layers, tune_summary)
     assert (out / MANIFEST_NAME).is_file()
     return report
+
+
+def statistics_store(cache: Path, onnx_dir: Path) -> Path:
+    """The folder under ``cache`` for statistics of this export computed by this code: the key
+    hashes the export's manifest and smoothrot's compiler and pass sources, so a cache left by
+    another version of smoothrot or another export is not reused."""
+    h = hashlib.sha256((Path(onnx_dir) / MANIFEST_NAME).read_bytes())
+    for package in (Path(__file__).parent, Path(smoothrot.passes.__file__).parent):
+        for source in sorted(package.glob("*.py")):
+            h.update(source.name.encode() + b"\0" + source.read_bytes())
+    return cache / h.hexdigest()[:16]
 
 
 def _tune(graph: ir.Model, transformed: Path, config: TuneConfig) -> TuneResult:

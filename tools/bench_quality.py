@@ -194,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", default=[], help="rows whose name contains this")
     parser.add_argument("--windows", type=int, default=8)
     parser.add_argument(
-        "--cache", type=Path, help="reuse calibration statistics of an earlier run (same export)"
+        "--cache",
+        type=Path,
+        help="reuse calibration statistics of an earlier run (same export, same smoothrot sources)",
     )
     args = parser.parse_args(argv)
     rows = [ROWS[0]] + [r for r in ROWS[1:] if not args.only or any(s in r.name for s in args.only)]

@@ -264,7 +264,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", type=Path, required=True)
     parser.add_argument("--onnx", type=Path, required=True, help="the fp32 `smoothrot export`")
-    parser.add_argument("--cache", type=Path, help="calibration statistics reused between runs")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        help="calibration statistics reused between runs (same export, same smoothrot sources)",
+    )
     parser.add_argument("--level", type=int, default=4, help="MatMulNBits accuracy level")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per `smoothrot bench`")
     parser.add_argument(
