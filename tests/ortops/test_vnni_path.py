@@ -29,7 +29,7 @@ def _outputs(cases) -> list[np.ndarray]:
         per_oc = op_type == OP_TYPE_PER_OC
         rows, cols = (k // group, n) if per_oc else (k, n // group)
         scale = (rng.random((rows, cols)) * 0.02 + 0.001).astype(np.float32)
-        # The largest activation of every block of 32 quantizes to +-127: the widest sums.
+        # Each block of 32 quantizes its largest activation to +-127, so the widest sums occur.
         a = rng.standard_normal((1, k)).astype(np.float32)
         model = _model(k, n, group, 4, op_type, B=pack_per_ic(q), S=np.ascontiguousarray(scale.T))
         out.append(_session(model, 1).run(None, {"A": a})[0])
