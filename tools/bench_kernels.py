@@ -1,7 +1,8 @@
 """GPU micro-benchmark of the plugin kernels against the memory-bandwidth roofline.
 
-For each shape ``K×N`` (default 4096×4096 and the default model's MLP 576×1536), ``M`` rows
-(default 1, a decoded token), group 128, fp16 activations and output, it times W4A16 per-OC and
+For each shape ``K×N`` (default 4096×4096 and the default model's MLP 576×1536) and each row count
+``M`` (default 1, a decoded token; M > 4 runs the prefill kernels), group 128, fp16 activations
+and output, it times W4A16 per-OC and
 per-IC, W4A8 per-OC and per-IC, the online Hadamard rotation of ``x [M, K]`` and torch's fp16
 matmul of the same shape. Each time is the median of many calls (``triton.testing.do_bench``,
 which clears L2 before every call, so weights come from device memory as in a real decode step).
@@ -12,7 +13,7 @@ least it must move: packed weights + scales (+ activations and output). Each ker
 also checked against the numpy reference (relative L2 error), for every ``--check-m`` row count
 too (M > 4 runs the prefill kernels)::
 
-    python -m smoothrot.tools.bench_kernels [--json] [--sweep]
+    python -m smoothrot.tools.bench_kernels [--m 1 16 512] [--json] [--sweep]
 
 Without CUDA it runs the kernels in Triton's interpreter (set ``TRITON_INTERPRET=1``) with
 wall-clock times: a smoke test of this script, not a measurement.
@@ -199,13 +200,18 @@ def sweep(layer: Layer, m: int, device: torch.device) -> list[dict]:
 
 
 def run(
-    shapes: list[tuple[int, int]], m: int, group: int, check_m: list[int], device: torch.device
+    shapes: list[tuple[int, int]],
+    ms: list[int],
+    group: int,
+    check_m: list[int],
+    device: torch.device,
 ) -> tuple[float, list[KernelTiming], dict[str, dict[str, float]]]:
     bandwidth = measure_bandwidth(device)
     rows, checks = [], {}
     for k, n in shapes:
         layer = Layer.random(k, n, group, device)
-        rows += bench_shape(layer, m, bandwidth, device)
+        for m in ms:
+            rows += bench_shape(layer, m, bandwidth, device)
         for rows_m in check_m:
             checks[f"{k}x{n} M={rows_m}"] = check_gemms(layer, rows_m, device, seed=rows_m)
     return bandwidth, rows, checks
@@ -249,14 +255,19 @@ def _shape(text: str) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", type=_shape, nargs="+", default=[(4096, 4096), (576, 1536)])
-    parser.add_argument("--m", type=int, default=1, help="rows of X (1 = one decoded token)")
+    parser.add_argument(
+        "--m", type=int, nargs="+", default=[1], help="rows of X (1 = one decoded token)"
+    )
     parser.add_argument("--group-size", type=int, default=128)
     parser.add_argument("--check-m", type=int, nargs="*", default=[3, 64, 257])
     parser.add_argument("--sweep", action="store_true", help="also time decode tile configs")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--json-file", help="also write the JSON here")
+    parser.add_argument("--markdown-file", help="also write the table here")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if min(args.m) < 1:
+        parser.error("--m must be >= 1")
     bandwidth, rows, checks = run(args.shapes, args.m, args.group_size, args.check_m, device)
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -267,10 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep:
         k, n = args.shapes[0]
         layer = Layer.random(k, n, args.group_size, device)
-        result["sweep"] = sweep(layer, args.m, device)
+        result["sweep"] = sweep(layer, args.m[0], device)
     if args.json_file:
         with open(args.json_file, "w") as f:
             json.dump(result, f, indent=1)
+    if args.markdown_file:
+        with open(args.markdown_file, "w") as f:
+            f.write(table(bandwidth, rows, checks) + "\n")
     if args.json:
         print(json.dumps(result, indent=1))
     else:
