@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from smoothrot.passes._qdq import QuantBits
+from smoothrot.core.qdq import QuantBits
 from smoothrot.passes.model_map import LAYER_SITES, Site
 
 __all__ = ["Recipe", "RecipeSpec", "Transform", "TRANSFORM_SMOOTH_SITES"]

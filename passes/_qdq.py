@@ -15,37 +15,13 @@ never clips: the grid is symmetric ``[-qmax, qmax]``.
 
 from __future__ import annotations
 
-import enum
-
 import numpy as np
 import onnx_ir as ir
 
+from smoothrot.core.qdq import TINY_SCALE, QuantBits
 from smoothrot.passes._graph import new_initializer
 
-__all__ = ["QuantBits", "dynamic_qdq", "dynamic_qdq_reference"]
-
-_TINY = np.float32(1e-12)
-
-
-class QuantBits(enum.Enum):
-    INT8 = 8
-    INT4 = 4
-
-    @property
-    def qmax(self) -> int:
-        return 2 ** (self.value - 1) - 1
-
-    @property
-    def onnx_type(self) -> ir.DataType:
-        return ir.DataType.INT8 if self is QuantBits.INT8 else ir.DataType.INT4
-
-
-def dynamic_qdq_reference(x: np.ndarray, bits: QuantBits) -> np.ndarray:
-    """numpy reference of :func:`dynamic_qdq` (float32, round half to even)."""
-    x = np.asarray(x, np.float32)
-    scale = np.maximum(np.abs(x).max(axis=-1, keepdims=True) / np.float32(bits.qmax), _TINY)
-    q = np.clip(np.rint(x / scale), -bits.qmax - 1, bits.qmax)
-    return (q * scale).astype(np.float32)
+__all__ = ["dynamic_qdq"]
 
 
 def _shared_constant(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
@@ -67,7 +43,7 @@ def dynamic_qdq(
     Every node carries the metadata ``mark = int8|int4``."""
     axes = _shared_constant(graph, "smoothrot.qdq.axes", np.array([-1], np.int64))
     qmax = _shared_constant(graph, f"smoothrot.qdq.qmax{bits.value}", np.float32(bits.qmax))
-    tiny = _shared_constant(graph, "smoothrot.qdq.tiny", _TINY)
+    tiny = _shared_constant(graph, "smoothrot.qdq.tiny", TINY_SCALE)
     absx = ir.node("Abs", [x], name=f"{tag}.abs")
     amax = ir.node("ReduceMax", [absx.outputs[0], axes], attributes={"keepdims": 1})
     div = ir.node("Div", [amax.outputs[0], qmax], name=f"{tag}.div")

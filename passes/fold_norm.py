@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from smoothrot.compiler.manifest import ModelDims
+from smoothrot.core.manifest import ModelDims
 from smoothrot.passes._graph import constant_array, transform_constant
 from smoothrot.passes.model_map import build_model_map
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from smoothrot.passes.int4 import (
+from smoothrot.core.int4 import (
     Grouping,
     QuantizedWeight,
     group_absmax,

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from smoothrot.ortops.library import DOMAIN as ORTOPS_DOMAIN
-from smoothrot.ortops.library import OP_TYPE_ATTENTION
+from smoothrot.ortops.spec import DOMAIN as ORTOPS_DOMAIN
+from smoothrot.ortops.spec import OP_TYPE_ATTENTION
 from smoothrot.passes._graph import constant_array, is_constant, scalar_constant
 
 __all__ = ["AttentionKernel", "LowerAttentionPass"]

@@ -42,10 +42,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from smoothrot.ortops.library import DOMAIN as ORTOPS_DOMAIN
-from smoothrot.ortops.library import OP_TYPE as PER_IC_OP
-from smoothrot.ortops.library import OP_TYPE_PER_OC as PER_OC_OP
-from smoothrot.ortops.library import pack_per_ic
+from smoothrot.ortops.spec import DOMAIN as ORTOPS_DOMAIN
+from smoothrot.ortops.spec import OP_TYPE_PER_IC as PER_IC_OP
+from smoothrot.ortops.spec import OP_TYPE_PER_OC as PER_OC_OP
+from smoothrot.ortops.spec import pack_per_ic
 from smoothrot.passes._graph import Int4MatMul, match_int4_matmul, new_initializer
 
 __all__ = [

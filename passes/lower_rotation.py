@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from smoothrot.ortops.library import DOMAIN as ORTOPS_DOMAIN
-from smoothrot.ortops.library import OP_TYPE_ROTATION
+from smoothrot.core.hadamard import hadamard
+from smoothrot.ortops.spec import DOMAIN as ORTOPS_DOMAIN
+from smoothrot.ortops.spec import OP_TYPE_ROTATION
 from smoothrot.passes._graph import ROTATION_MARK, constant_array, is_constant, new_initializer
-from smoothrot.passes.hadamard import hadamard
 
 __all__ = ["LowerRotationPass", "RotationKernel"]
 

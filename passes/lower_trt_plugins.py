@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from smoothrot.core.int4 import Grouping
 from smoothrot.passes._graph import (
     ACT_QUANT_MARK,
     ROTATION_MARK,
@@ -40,12 +41,10 @@ from smoothrot.passes._graph import (
     remove_if_dead,
     scalar_constant,
 )
-from smoothrot.passes.int4 import Grouping
-from smoothrot.plugins.packing import pack_int4, unpack_int4
-from smoothrot.plugins.reference import kronecker_hadamard, w4a8_matmul, w4a16_matmul
+from smoothrot.plugins.packing import pack_int4
 from smoothrot.plugins.trt_spec import NAMESPACE, GemmAttrs, HadamardAttrs, PluginOp
 
-__all__ = ["LowerToTrtPluginsPass", "LoweredPlugin", "plugin_attributes", "plugin_reference"]
+__all__ = ["LowerToTrtPluginsPass", "LoweredPlugin"]
 
 _TINY = float(np.float32(1e-12))
 
@@ -239,24 +238,3 @@ class LowerToTrtPluginsPass(ir.passes.InPlacePass):
             if not value.uses() and value.name in graph.initializers:
                 graph.initializers.pop(value.name)
         self.lowered.append(LoweredPlugin(name, op, attrs.onnx_attributes()))
-
-
-def plugin_attributes(node: ir.Node) -> tuple[PluginOp, GemmAttrs | HadamardAttrs]:
-    """The plugin of a node this pass wrote, and its attributes (ValueError if it is not one)."""
-    if node.domain != NAMESPACE:
-        raise ValueError(f"{node.name!r} is not a {NAMESPACE} plugin node")
-    op = PluginOp(node.op_type)
-    ints = {name: a.as_int() for name, a in node.attributes.items() if a.type.name == "INT"}
-    if op is PluginOp.KRON_HADAMARD:
-        return op, HadamardAttrs.from_attributes(ints)
-    return op, GemmAttrs.from_attributes(ints)
-
-
-def plugin_reference(node: ir.Node, x: np.ndarray) -> np.ndarray:
-    """numpy (float32) output of a plugin node for input ``x``: what the kernel must compute."""
-    op, attrs = plugin_attributes(node)
-    constants = [constant_array(v) for v in node.inputs[1:]]  # type: ignore[arg-type]
-    if isinstance(attrs, HadamardAttrs):
-        return kronecker_hadamard(x, constants[0], constants[1])
-    fn = w4a8_matmul if op is PluginOp.W4A8_GEMM else w4a16_matmul
-    return fn(x, unpack_int4(constants[0]), constants[1], attrs.grouping, attrs.group)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
-from smoothrot.compiler.manifest import ModelDims
+from smoothrot.core.manifest import ModelDims
 from smoothrot.passes._graph import (
     ROTATION_MARK,
     is_constant,

@@ -14,13 +14,13 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from smoothrot.compiler.manifest import ModelDims
+from smoothrot.core.hadamard import rotation_factors
+from smoothrot.core.manifest import ModelDims
 from smoothrot.passes._graph import (
     ROTATION_MARK,
     constant_array,
     new_initializer,
 )
-from smoothrot.passes.hadamard import rotation_factors
 from smoothrot.passes.model_map import LAYER_SITES, Linear, Site, build_model_map
 
 __all__ = ["OnlineRotationPass"]

@@ -1,5 +1,5 @@
 """Activation quantization: per-token dynamic symmetric INT8 / INT4 QDQ at the inputs of the
-decoder Linears (and lm_head's when asked). Semantics: ``passes/_qdq.py``.
+decoder Linears (and lm_head's when asked). Semantics: ``core/qdq.py``.
 
 Linears that share an input (q/k/v, gate/up) share one QDQ. The QDQ sits right before the
 MatMuls, after any online rotation (``x := Q(x R)``), which is where rotation helps. An input
@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
-from smoothrot.compiler.manifest import ModelDims
+from smoothrot.core.manifest import ModelDims
+from smoothrot.core.qdq import QuantBits
 from smoothrot.passes._graph import ACT_QUANT_MARK
-from smoothrot.passes._qdq import QuantBits, dynamic_qdq
+from smoothrot.passes._qdq import dynamic_qdq
 from smoothrot.passes.model_map import LAYER_SITES, Linear, Site, build_model_map
 
 __all__ = ["ActQuantConfig", "ActQuantPass"]

@@ -2,7 +2,7 @@
 
 Every ``present.{i}.key/value`` output is ``Concat(past, new, axis=-2)`` with ``new [B, H_kv, S,
 D]`` (keys after RoPE). The pass quantizes ``new`` per head per token (dynamic symmetric
-INT8/INT4 over D, semantics in ``passes/_qdq.py``), so the cache holds — and attention reads —
+INT8/INT4 over D, semantics in ``core/qdq.py``), so the cache holds — and attention reads —
 quantized entries, exactly as a deployment with a low-bit cache would. Entries at positions
 ``< P`` (the system prompt) stay in the compute dtype::
 
@@ -25,10 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from smoothrot.compiler.manifest import KV_PREFIX_INPUT, ModelDims
+from smoothrot.core.hadamard import rotation_factors
+from smoothrot.core.manifest import KV_PREFIX_INPUT, ModelDims
+from smoothrot.core.qdq import QuantBits
 from smoothrot.passes._graph import new_initializer
-from smoothrot.passes._qdq import QuantBits, dynamic_qdq
-from smoothrot.passes.hadamard import rotation_factors
+from smoothrot.passes._qdq import dynamic_qdq
 from smoothrot.passes.model_map import ModelMapError
 
 __all__ = ["KV_PREFIX_INPUT", "KVQuantConfig", "KVQuantPass"]

@@ -22,11 +22,8 @@ import numpy as np
 import onnx_ir as ir
 from tqdm import tqdm
 
-from smoothrot.compiler.errors import SmoothrotError
-from smoothrot.compiler.manifest import ModelDims
-from smoothrot.passes._graph import constant_array, new_initializer
-from smoothrot.passes.gptq import gptq
-from smoothrot.passes.int4 import (
+from smoothrot.core.errors import SmoothrotError
+from smoothrot.core.int4 import (
     DEFAULT_CLIP_GRID,
     Grouping,
     QuantizedWeight,
@@ -35,6 +32,9 @@ from smoothrot.passes.int4 import (
     quantize_rtn,
     search_clip,
 )
+from smoothrot.core.manifest import ModelDims
+from smoothrot.passes._graph import constant_array, new_initializer
+from smoothrot.passes.gptq import gptq
 from smoothrot.passes.model_map import Linear, build_model_map
 
 __all__ = [

@@ -19,9 +19,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from smoothrot.compiler.manifest import ModelDims
+from smoothrot.core.hadamard import rotation_factors
+from smoothrot.core.manifest import ModelDims
 from smoothrot.passes._graph import constant_array, transform_constant
-from smoothrot.passes.hadamard import rotation_factors
 from smoothrot.passes.model_map import Linear, ModelMapError, build_model_map
 
 __all__ = ["ResidualRotationPass"]

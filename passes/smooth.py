@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from smoothrot.compiler.manifest import ModelDims
+from smoothrot.core.manifest import ModelDims
 from smoothrot.passes._graph import constant_array, transform_constant
 from smoothrot.passes.model_map import LAYER_SITES, Linear, Norm, Site, build_model_map
 

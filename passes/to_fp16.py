@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from smoothrot.compiler.manifest import ModelDims
+from smoothrot.core.manifest import ModelDims
 from smoothrot.passes._graph import new_initializer, producer_op
 from smoothrot.passes.model_map import ModelMapError, find_norms
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from smoothrot.passes.int4 import Grouping
+from smoothrot.core.int4 import Grouping
 from smoothrot.plugins.reference import check_int4_operands
 
 __all__ = [

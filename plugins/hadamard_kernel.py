@@ -3,7 +3,7 @@
 Per token, ``x [n]`` is viewed as ``X [m, p]`` (``n = m·p``, row-major) and ``Y = Aᵀ · X · B`` —
 the online rotation's ``Reshape → MatMul(·, B) → MatMul(Aᵀ, ·) → Reshape``
 (``passes/online_rotation.py``), ``O(n·(m + p))`` instead of a dense ``n × n`` product. The
-factors (``passes/hadamard.py``: ``m`` and ``p`` need not be powers of two, and ``A`` may be a
+factors (``core/hadamard.py``: ``m`` and ``p`` need not be powers of two, and ``A`` may be a
 random orthogonal matrix) are read as float32 and both products run as 3-pass TF32 dots, so the
 result is float32-accurate for any factors; ``X`` is padded to powers of two >= 16 (``tl.dot``).
 """

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from smoothrot.passes.int4 import Grouping
+from smoothrot.core.int4 import Grouping
 from smoothrot.plugins.gemm_config import (
     DECODE_MAX_M,
     DecodeConfig,
@@ -59,7 +59,7 @@ def unpack_int4(b):
 
 @triton.jit
 def quantize_int8(x, scale):
-    """``clip(round_half_even(x / scale), -128, 127)`` as float32 (see passes/_qdq.py)."""
+    """``clip(round_half_even(x / scale), -128, 127)`` as float32 (see core/qdq.py)."""
     v = tl.math.div_rn(x, scale)  # IEEE division, as numpy and ONNX Runtime divide
     v = (v + 12582912.0) - 12582912.0  # adding 1.5·2^23 rounds half to even for |v| < 2^22
     return tl.minimum(tl.maximum(v, -128.0), 127.0)

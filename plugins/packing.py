@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from smoothrot.passes.int4 import QMAX, QMIN
+from smoothrot.core.int4 import QMAX, QMIN
 
 __all__ = ["pack_int4", "unpack_int4"]
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from smoothrot.passes._qdq import QuantBits, dynamic_qdq_reference
-from smoothrot.passes.int4 import Grouping, QuantizedWeight
+from smoothrot.core.int4 import Grouping, QuantizedWeight
+from smoothrot.core.qdq import QuantBits, dynamic_qdq_reference
 
 __all__ = ["check_int4_operands", "kronecker_hadamard", "w4a8_matmul", "w4a16_matmul"]
 

@@ -22,7 +22,7 @@ import sys
 import triton
 import triton.language as tl
 
-from smoothrot.passes.int4 import Grouping
+from smoothrot.core.int4 import Grouping
 from smoothrot.plugins.hadamard_kernel import hadamard_kernel
 from smoothrot.plugins.int4_gemm import (
     decode_accumulate,

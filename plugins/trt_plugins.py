@@ -27,8 +27,8 @@ import re
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from smoothrot.compiler.errors import SmoothrotError
-from smoothrot.compiler.trt_backend import import_trt_module
+from smoothrot.core.errors import SmoothrotError
+from smoothrot.core.tensorrt import import_trt_module
 from smoothrot.plugins.trt_spec import (
     ActType,
     GemmAttrs,

@@ -39,8 +39,13 @@ import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from smoothrot.passes.int4 import Grouping
+import numpy as np
+import onnx_ir as ir
+
+from smoothrot.core.int4 import Grouping
 from smoothrot.plugins.gemm_config import check_tile, decode_config
+from smoothrot.plugins.packing import unpack_int4
+from smoothrot.plugins.reference import kronecker_hadamard, w4a8_matmul, w4a16_matmul
 
 __all__ = [
     "NAMESPACE",
@@ -53,6 +58,8 @@ __all__ = [
     "Tactic",
     "gemm_plan",
     "hadamard_plan",
+    "plugin_attributes",
+    "plugin_reference",
 ]
 
 NAMESPACE = "smoothrot"
@@ -279,3 +286,25 @@ def hadamard_plan(attrs: HadamardAttrs, act: ActType) -> LaunchPlan:
         tiles_y=1,
         num_warps=8 if max(m, p) > 64 else 4,
     )
+
+
+def plugin_attributes(node: ir.Node) -> tuple[PluginOp, GemmAttrs | HadamardAttrs]:
+    """The plugin of a plugin node (``LowerToTrtPluginsPass`` writes them) and its attributes;
+    ValueError if ``node`` is not one."""
+    if node.domain != NAMESPACE:
+        raise ValueError(f"{node.name!r} is not a {NAMESPACE} plugin node")
+    op = PluginOp(node.op_type)
+    ints = {name: a.as_int() for name, a in node.attributes.items() if a.type.name == "INT"}
+    if op is PluginOp.KRON_HADAMARD:
+        return op, HadamardAttrs.from_attributes(ints)
+    return op, GemmAttrs.from_attributes(ints)
+
+
+def plugin_reference(node: ir.Node, x: np.ndarray) -> np.ndarray:
+    """numpy (float32) output of a plugin node for input ``x``: what the kernel must compute."""
+    op, attrs = plugin_attributes(node)
+    constants = [v.const_value.numpy() for v in node.inputs[1:]]  # type: ignore[union-attr]
+    if isinstance(attrs, HadamardAttrs):
+        return kronecker_hadamard(x, constants[0], constants[1])
+    fn = w4a8_matmul if op is PluginOp.W4A8_GEMM else w4a16_matmul
+    return fn(x, unpack_int4(constants[0]), constants[1], attrs.grouping, attrs.group)

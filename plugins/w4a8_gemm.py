@@ -1,6 +1,6 @@
 """Triton W4A8 GEMM: per-token INT8 activation quantization fused into the INT4 GEMM.
 
-Computes what the QDQ graph computes (``passes/_qdq.py`` on ``X``, then
+Computes what the QDQ graph computes (``core/qdq.py`` on ``X``, then
 ``MatMul(·, DequantizeLinear(B))``)::
 
     s_x = max(max_k |x[m, k]| / 127, 1e-12)               # one scale per token (row)
@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from smoothrot.passes.int4 import Grouping
+from smoothrot.core.int4 import Grouping
 from smoothrot.plugins.gemm_config import (
     DecodeConfig,
     PrefillConfig,

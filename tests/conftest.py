@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from smoothrot.compiler.config import ExportConfig
-from smoothrot.compiler.export import export_model
-from smoothrot.compiler.manifest import MANIFEST_NAME
-from smoothrot.compiler.sources import load_torch_model, resolve_source
+from smoothrot.compiler.export.exporter import export_model
+from smoothrot.compiler.modeldir.sources import load_torch_model, resolve_source
+from smoothrot.core.manifest import MANIFEST_NAME
 
 TINY_ARCHITECTURES = ("llama", "mistral", "qwen2")
 

@@ -14,8 +14,8 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
+from smoothrot.core.hadamard import rotation_factors
 from smoothrot.passes._graph import new_initializer
-from smoothrot.passes.hadamard import rotation_factors
 
 
 def _session(n: int, factored: bool) -> ort.InferenceSession:

@@ -17,13 +17,13 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 
-import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
+from smoothrot.compiler.measure.layer_graphs import linear_layer_model
+from smoothrot.core.int4 import Grouping
 from smoothrot.ortops.library import register as register_ortops
-from smoothrot.passes.int4 import Grouping, fit_group_size, quantize_rtn
 from smoothrot.passes.lower_ort import KERNEL_OPS, LowerToMatMulNBitsPass, PerIcKernel, PerOcKernel
 
 __all__ = ["LayerTiming", "layer_model", "layer_shape", "main", "table", "time_layer"]
@@ -50,29 +50,7 @@ def layer_model(
     per_oc: PerOcKernel = PerOcKernel.MATMULNBITS,
 ) -> ir.Model:
     """One ``Y = X · B`` layer: fp32 (``grouping`` None) or INT4 QDQ, lowered as it ships."""
-    rng = np.random.default_rng(seed)
-    b = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
-    x = ir.Value(name="x", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(["m", k]))
-    graph = ir.Graph([x], [], nodes=[], opset_imports={"": 21}, name="layer")
-    if grouping is None:
-        w = ir.Value(name="w", const_value=ir.tensor(b, name="w"))
-        graph.register_initializer(w)
-        weight = w
-    else:
-        qw = quantize_rtn(b, grouping, fit_group_size((k, n)[grouping.axis], group))
-        q = ir.Value(name="q", const_value=ir.tensor(qw.q.astype(ml_dtypes.int4), name="q"))
-        s = ir.Value(name="s", const_value=ir.tensor(qw.scale, name="s"))
-        graph.register_initializer(q)
-        graph.register_initializer(s)
-        attrs = {"axis": grouping.axis, "block_size": qw.block}
-        dq = ir.node("DequantizeLinear", [q, s], attributes=attrs, name="dq")
-        graph.append(dq)
-        weight = dq.outputs[0]
-    mm = ir.node("MatMul", [x, weight], name="matmul")
-    graph.append(mm)
-    mm.outputs[0].name = "y"
-    graph.outputs.append(mm.outputs[0])
-    model = ir.Model(graph, ir_version=10)
+    model = linear_layer_model(k, n, grouping, group, seed)
     if grouping is not None:
         lowering = LowerToMatMulNBitsPass(level, per_ic, per_oc)
         lowering(model)

@@ -23,15 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smoothrot.compiler.compile import CompileConfig, compile_model
 from smoothrot.compiler.config import EvalConfig, ExportConfig
-from smoothrot.compiler.evaluate import evaluate_dir, system_prompt_ids
-from smoothrot.compiler.export import export_model
-from smoothrot.compiler.pipeline import CompileConfig, compile_model
+from smoothrot.compiler.export.exporter import export_model
+from smoothrot.compiler.measure.evaluate import evaluate_dir, system_prompt_ids
+from smoothrot.compiler.measure.probes import model_bytes
+from smoothrot.compiler.modeldir.sources import resolve_source
 from smoothrot.compiler.recipes import Recipe, Transform
-from smoothrot.compiler.report import model_bytes
-from smoothrot.compiler.runner import load_tokenizer
-from smoothrot.compiler.sources import resolve_source
-from smoothrot.compiler.tune import TuneConfig
+from smoothrot.compiler.runtime.ort_runner import load_tokenizer
+from smoothrot.compiler.tune.bisup import TuneConfig
 from smoothrot.passes.quantize_weights import Algorithm, GroupingMode, WeightQuantConfig
 from smoothrot.tools.peer_ort import PeerAlgorithm, PeerConfig, quantize_with_ort
 

@@ -26,13 +26,14 @@ from typing import Any
 
 import onnx_ir as ir
 
-from smoothrot.compiler.bench import memory_bandwidth
-from smoothrot.compiler.lower import LowerConfig, lower_model
-from smoothrot.compiler.manifest import load_manifest
-from smoothrot.compiler.outdir import atomic_output_dir
-from smoothrot.compiler.pipeline import CompileConfig, compile_model, write_model_dir
-from smoothrot.compiler.profile import profile_decode
+from smoothrot.compiler.compile import CompileConfig, compile_model
+from smoothrot.compiler.measure.bench import memory_bandwidth
+from smoothrot.compiler.measure.profile import profile_decode
+from smoothrot.compiler.modeldir.model_dir import write_model_dir
+from smoothrot.compiler.modeldir.outdir import atomic_output_dir
 from smoothrot.compiler.recipes import Recipe, Transform
+from smoothrot.compiler.targets.ort.lower import LowerConfig, lower_model
+from smoothrot.core.manifest import load_manifest
 from smoothrot.passes.lower_attention import AttentionKernel
 from smoothrot.passes.lower_ort import PerIcKernel, PerOcKernel
 from smoothrot.passes.lower_rotation import RotationKernel

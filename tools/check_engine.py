@@ -20,16 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from smoothrot.compiler.bench import BenchConfig, bench_dir
-from smoothrot.compiler.build_report import greedy_prompt
-from smoothrot.compiler.decoders import Backend
-from smoothrot.compiler.runner import OrtDecoder
+from smoothrot.compiler.measure.bench import BenchConfig, bench_dir
+from smoothrot.compiler.reports.build_report import greedy_prompt
+from smoothrot.compiler.runtime.decoders import Backend
+from smoothrot.compiler.runtime.ort_runner import OrtDecoder
 
 __all__ = ["check_engine", "main"]
 
 
 def check_engine(built: Path, steps: int = 32, runs: int = 5) -> dict[str, Any]:
-    from smoothrot.compiler.trt_runner import TrtDecoder  # needs a GPU
+    from smoothrot.compiler.runtime.trt_runner import TrtDecoder  # needs a GPU
 
     engine = TrtDecoder(built)
     reference = OrtDecoder(built, optimize=False)

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from smoothrot.compiler.errors import SmoothrotError
+from smoothrot.core.errors import SmoothrotError
 from smoothrot.tools.cli_build import add_build
 from smoothrot.tools.cli_compile import add_compile
 from smoothrot.tools.cli_deploy import add_backend, add_bench, add_lower
@@ -34,8 +34,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 def _run_export(args: argparse.Namespace) -> int:
     from smoothrot.compiler.config import DType, ExportConfig
-    from smoothrot.compiler.export import export_model
-    from smoothrot.compiler.sources import resolve_source
+    from smoothrot.compiler.export.exporter import export_model
+    from smoothrot.compiler.modeldir.sources import resolve_source
 
     config = ExportConfig(dtype=DType(args.dtype), opset=args.opset)
     manifest = export_model(resolve_source(args.model), args.output, config)
@@ -76,8 +76,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from smoothrot.compiler.config import EvalConfig
-    from smoothrot.compiler.decoders import Backend
-    from smoothrot.compiler.evaluate import evaluate_dir
+    from smoothrot.compiler.measure.evaluate import evaluate_dir
+    from smoothrot.compiler.runtime.decoders import Backend
 
     config = EvalConfig(seq=args.seq, windows=args.windows)
     result = evaluate_dir(
@@ -110,8 +110,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from smoothrot.compiler.decoders import Backend
-    from smoothrot.compiler.generate import generate_text
+    from smoothrot.compiler.runtime.decoders import Backend
+    from smoothrot.compiler.runtime.generate import generate_text
 
     if args.max_new_tokens < 1:
         raise SmoothrotError("--max-new-tokens must be >= 1")
@@ -135,7 +135,7 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
-    from smoothrot.compiler.calibrate import CalibrationConfig, calibrate_dir
+    from smoothrot.compiler.calibrate.statistics import CalibrationConfig, calibrate_dir
 
     config = CalibrationConfig(tokens=args.tokens, seq=args.seq)
     out = calibrate_dir(args.model_dir, config, args.output, args.text)
@@ -159,8 +159,8 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
-    from smoothrot.compiler.analyze import AnalyzeConfig, analyze_model
-    from smoothrot.compiler.analyze_plots import summary_markdown
+    from smoothrot.compiler.measure.analyze import AnalyzeConfig, analyze_model
+    from smoothrot.compiler.reports.analyze_plots import summary_markdown
 
     config = AnalyzeConfig(tokens=args.tokens, seq=args.seq, alpha=args.alpha, seed=args.seed)
     result = analyze_model(args.output, config, model=args.model, onnx_dir=args.onnx)

@@ -16,7 +16,7 @@ def _ccs(text: str) -> tuple[int, ...]:
 
 
 def add_build(sub: argparse._SubParsersAction) -> None:
-    from smoothrot.compiler.trt_backend import TrtBackend
+    from smoothrot.core.tensorrt import TrtBackend
 
     p = sub.add_parser(
         "build",
@@ -52,9 +52,9 @@ def add_build(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_build(args: argparse.Namespace) -> int:
-    from smoothrot.compiler.build import BuildConfig, build_model
-    from smoothrot.compiler.trt_backend import TrtBackend
-    from smoothrot.compiler.trt_engine import EngineConfig
+    from smoothrot.compiler.targets.trt.build import BuildConfig, build_model
+    from smoothrot.compiler.targets.trt.engine import EngineConfig
+    from smoothrot.core.tensorrt import TrtBackend
 
     engine = EngineConfig(
         max_prompt=args.max_prompt,

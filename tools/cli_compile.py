@@ -86,9 +86,9 @@ def add_compile(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_compile(args: argparse.Namespace) -> int:
-    from smoothrot.compiler.pipeline import CompileConfig, compile_model
+    from smoothrot.compiler.compile import CompileConfig, compile_model
     from smoothrot.compiler.recipes import Recipe, Transform
-    from smoothrot.compiler.tune import TuneConfig
+    from smoothrot.compiler.tune.bisup import TuneConfig
     from smoothrot.passes.quantize_weights import Algorithm, GroupingMode, WeightQuantConfig
 
     config = CompileConfig(
@@ -132,7 +132,7 @@ def _run_compile(args: argparse.Namespace) -> int:
 def _lower(qdq: Path, args: argparse.Namespace) -> None:
     import shutil
 
-    from smoothrot.compiler.lower import lower_model
+    from smoothrot.compiler.targets.ort.lower import lower_model
 
     try:
         print_lowering(lower_model(qdq, args.output, lower_config(args)), args.output)

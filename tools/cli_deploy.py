@@ -28,7 +28,7 @@ def add_backend(p: argparse.ArgumentParser) -> None:
 
 
 def add_accuracy_level(p: argparse.ArgumentParser) -> None:
-    from smoothrot.compiler.lower import DEFAULT_ACCURACY_LEVEL
+    from smoothrot.compiler.targets.ort.lower import DEFAULT_ACCURACY_LEVEL
 
     p.add_argument(
         "--accuracy-level",
@@ -75,7 +75,7 @@ def add_lowering_options(p: argparse.ArgumentParser) -> None:
 
 
 def lower_config(args: argparse.Namespace):  # noqa: ANN201 - LowerConfig, imported lazily
-    from smoothrot.compiler.lower import LowerConfig
+    from smoothrot.compiler.targets.ort.lower import LowerConfig
     from smoothrot.passes.lower_attention import AttentionKernel
     from smoothrot.passes.lower_ort import PerIcKernel, PerOcKernel
     from smoothrot.passes.lower_rotation import RotationKernel
@@ -122,7 +122,7 @@ def print_lowering(report: dict, out: Path) -> None:
 
 
 def _run_lower(args: argparse.Namespace) -> int:
-    from smoothrot.compiler.lower import lower_model
+    from smoothrot.compiler.targets.ort.lower import lower_model
 
     print_lowering(lower_model(args.model_dir, args.output, lower_config(args)), args.output)
     return 0
@@ -156,8 +156,8 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from smoothrot.compiler.bench import BenchConfig, bench_dir
-    from smoothrot.compiler.decoders import Backend
+    from smoothrot.compiler.measure.bench import BenchConfig, bench_dir
+    from smoothrot.compiler.runtime.decoders import Backend
 
     config = BenchConfig(
         prompt_tokens=args.prompt_tokens,
@@ -171,7 +171,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         raise ValueError("--profile uses ONNX Runtime's profiler: it needs --backend ort")
     r = bench_dir(args.model_dir, config)
     if args.profile:
-        from smoothrot.compiler.profile import profile_decode
+        from smoothrot.compiler.measure.profile import profile_decode
 
         r["profile"] = profile_decode(args.model_dir, args.prompt_tokens, threads=args.threads)
     if args.json:
@@ -185,7 +185,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         f"{r['decode_weight_bytes'] / 1e6:.1f} MB read per decoded token"
     )
     if "profile" in r:
-        from smoothrot.compiler.profile import profile_table
+        from smoothrot.compiler.measure.profile import profile_table
 
         print(profile_table(r["profile"]))
     return 0

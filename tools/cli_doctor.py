@@ -1,4 +1,4 @@
-"""``smoothrot doctor [--trt]``: flags → :mod:`smoothrot.plugins.doctor` (no logic here)."""
+"""``smoothrot doctor [--trt]``: flags → :mod:`smoothrot.compiler.targets.trt.doctor`."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def add_doctor(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_doctor(args: argparse.Namespace) -> int:
-    from smoothrot.plugins.doctor import check_plugins, environment
+    from smoothrot.compiler.targets.trt.doctor import check_plugins, environment
 
     env = environment()
     if not args.json:

@@ -13,9 +13,9 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
-from smoothrot.compiler.manifest import load_manifest
-from smoothrot.compiler.outdir import atomic_output_dir
-from smoothrot.compiler.pipeline import write_model_dir
+from smoothrot.compiler.modeldir.model_dir import write_model_dir
+from smoothrot.compiler.modeldir.outdir import atomic_output_dir
+from smoothrot.core.manifest import load_manifest
 from smoothrot.passes.model_map import build_model_map
 
 __all__ = ["PeerAlgorithm", "PeerConfig", "quantize_with_ort"]

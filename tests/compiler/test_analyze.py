@@ -7,8 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from smoothrot.compiler import analyze
-from smoothrot.compiler.analyze import (
+from smoothrot.compiler.measure import analyze
+from smoothrot.compiler.calibrate.statistics import (
+    CalibrationConfig,
+    calibrate_dir,
+    load_calibration,
+)
+from smoothrot.compiler.measure.analyze import (
     AnalyzeConfig,
     Transform,
     analyze_dir,
@@ -23,9 +28,8 @@ from smoothrot.compiler.analyze import (
     quantize_per_token,
     transform_pair,
 )
-from smoothrot.compiler.calibrate import CalibrationConfig, calibrate_dir, load_calibration
-from smoothrot.compiler.errors import SmoothrotError
-from smoothrot.passes.hadamard import rotation_factors
+from smoothrot.core.errors import SmoothrotError
+from smoothrot.core.hadamard import rotation_factors
 from smoothrot.passes.smooth import smoothing_scales
 from smoothrot.tools.cli import main
 

@@ -11,12 +11,12 @@ import sys
 import onnx_ir as ir
 import pytest
 
-from smoothrot.compiler.build import BuildConfig, build_model, trt_graph
-from smoothrot.compiler.errors import SmoothrotError
-from smoothrot.compiler.pipeline import CompileConfig, compile_model
+from smoothrot.compiler.compile import CompileConfig, compile_model
 from smoothrot.compiler.recipes import Recipe
-from smoothrot.compiler.trt_backend import ENGINE_FILE, TrtBackend, load_trt
-from smoothrot.compiler.trt_engine import EngineConfig, check_engine_header
+from smoothrot.compiler.targets.trt.build import BuildConfig, build_model, trt_graph
+from smoothrot.compiler.targets.trt.engine import EngineConfig, check_engine_header
+from smoothrot.core.errors import SmoothrotError
+from smoothrot.core.tensorrt import ENGINE_FILE, TrtBackend, load_trt
 from smoothrot.passes.quantize_weights import Algorithm, GroupingMode, WeightQuantConfig
 from smoothrot.tools.cli import main
 from tests.tools.test_cli import _fails_cleanly

@@ -4,11 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from smoothrot.compiler.calibrate import CalibrationConfig, calibrate_dir, load_calibration
-from smoothrot.compiler.corpus import CorpusPart, corpus_part
-from smoothrot.compiler.errors import SmoothrotError
-from smoothrot.compiler.manifest import load_manifest
-from smoothrot.compiler.sources import load_torch_model, resolve_source
+from smoothrot.compiler.calibrate.statistics import (
+    CalibrationConfig,
+    calibrate_dir,
+    load_calibration,
+)
+from smoothrot.compiler.measure.corpus import CorpusPart, corpus_part
+from smoothrot.compiler.modeldir.sources import load_torch_model, resolve_source
+from smoothrot.core.errors import SmoothrotError
+from smoothrot.core.manifest import load_manifest
 
 
 def _torch_inputs(model, tokenizer, seq: int, count: int) -> dict[str, np.ndarray]:

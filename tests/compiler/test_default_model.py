@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from smoothrot.compiler.config import EvalConfig
-from smoothrot.compiler.corpus import CorpusPart, corpus_part
-from smoothrot.compiler.evaluate import evaluate_dir
-from smoothrot.compiler.perplexity import perplexity
-from smoothrot.compiler.runner import OrtDecoder
+from smoothrot.compiler.measure.corpus import CorpusPart, corpus_part
+from smoothrot.compiler.measure.evaluate import evaluate_dir
+from smoothrot.compiler.measure.perplexity import perplexity
+from smoothrot.compiler.runtime.ort_runner import OrtDecoder
 
 pytestmark = pytest.mark.slow
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from smoothrot.compiler.config import DType, ExportConfig
-from smoothrot.compiler.errors import SmoothrotError
-from smoothrot.compiler.export import export_model
-from smoothrot.compiler.manifest import MANIFEST_NAME, load_manifest
-from smoothrot.compiler.runner import OrtDecoder
-from smoothrot.compiler.sources import load_torch_model, resolve_source
+from smoothrot.compiler.export.exporter import export_model
+from smoothrot.compiler.modeldir.sources import load_torch_model, resolve_source
+from smoothrot.compiler.runtime.ort_runner import OrtDecoder
+from smoothrot.core.errors import SmoothrotError
+from smoothrot.core.manifest import MANIFEST_NAME, load_manifest
 from tests.conftest import TINY_ARCHITECTURES
 
 

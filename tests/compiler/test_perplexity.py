@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from smoothrot.compiler.config import EvalConfig
-from smoothrot.compiler.corpus import CorpusPart, corpus_part
-from smoothrot.compiler.errors import SmoothrotError
-from smoothrot.compiler.perplexity import perplexity, windows
+from smoothrot.compiler.measure.corpus import CorpusPart, corpus_part
+from smoothrot.compiler.measure.perplexity import perplexity, windows
+from smoothrot.core.errors import SmoothrotError
 
 
 def test_uniform_logits_give_vocab_size():

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from smoothrot.compiler.lower import LowerConfig, lower_model
-from smoothrot.compiler.pipeline import CompileConfig, compile_model
+from smoothrot.compiler.compile import CompileConfig, compile_model
 from smoothrot.compiler.recipes import Recipe
+from smoothrot.compiler.targets.ort.lower import LowerConfig, lower_model
 
 
 @pytest.mark.slow

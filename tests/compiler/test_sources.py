@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from smoothrot.compiler.errors import SmoothrotError
-from smoothrot.compiler.sources import SourceKind, resolve_source
+from smoothrot.compiler.modeldir.sources import SourceKind, resolve_source
+from smoothrot.core.errors import SmoothrotError
 
 
 def test_default_model_is_the_packaged_smollm2(default_source):

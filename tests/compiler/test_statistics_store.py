@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import smoothrot.passes
-from smoothrot.compiler.manifest import MANIFEST_NAME
-from smoothrot.compiler.pipeline import statistics_store
+from smoothrot.compiler.compile import statistics_store
+from smoothrot.core.manifest import MANIFEST_NAME
 
 
 def _export(root: Path, text: str) -> Path:

@@ -9,12 +9,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from smoothrot.compiler.graph_blocks import decoder_blocks, head_nodes
-from smoothrot.compiler.manifest import Manifest, load_manifest
-from smoothrot.compiler.pipeline import CompileConfig, compile_model
+from smoothrot.compiler.compile import CompileConfig, compile_model
 from smoothrot.compiler.recipes import Recipe
-from smoothrot.compiler.runner import OrtDecoder
-from smoothrot.compiler.torch_graph import TorchGraph, torch_feeds
+from smoothrot.compiler.runtime.ort_runner import OrtDecoder
+from smoothrot.compiler.tune.graph_blocks import decoder_blocks, head_nodes
+from smoothrot.compiler.tune.torch_graph import TorchGraph, torch_feeds
+from smoothrot.core.manifest import Manifest, load_manifest
 from smoothrot.passes.model_map import ModelMapError, build_model_map
 from smoothrot.passes.quantize_weights import Algorithm, GroupingMode, WeightQuantConfig
 

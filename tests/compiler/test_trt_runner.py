@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from smoothrot.compiler.build import BuildConfig, build_model
-from smoothrot.compiler.errors import SmoothrotError
-from smoothrot.compiler.runner import OrtDecoder
-from smoothrot.compiler.trt_backend import load_trt
+from smoothrot.compiler.runtime.ort_runner import OrtDecoder
+from smoothrot.compiler.targets.trt.build import BuildConfig, build_model
+from smoothrot.core.errors import SmoothrotError
+from smoothrot.core.tensorrt import load_trt
 from tests.compiler.test_build import SMALL, _compile
 from tests.tools.test_cli import _fails_cleanly
 
@@ -29,7 +29,7 @@ def test_trt_backend_refuses_cleanly_without_gpu_or_engine(capsys, tiny_export, 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CUDA)")
 def test_engine_matches_onnx_runtime_on_a_gpu(tiny_export, tmp_path):
-    from smoothrot.compiler.trt_runner import TrtDecoder
+    from smoothrot.compiler.runtime.trt_runner import TrtDecoder
 
     try:
         backend, _ = load_trt()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from smoothrot.ortops.library import DOMAIN, OP_TYPE_ATTENTION, reference_attention
+from smoothrot.ortops.spec import DOMAIN, OP_TYPE_ATTENTION, reference_attention
 from tests.ortops.test_matmul_int4_per_ic import _session
 
 FMIN = float(np.finfo(np.float32).min)  # the exporter's masked value

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from smoothrot.ortops.library import DOMAIN, OP_TYPE_ROTATION, reference_rotation
-from smoothrot.passes.hadamard import rotation_factors
+from smoothrot.core.hadamard import rotation_factors
+from smoothrot.ortops.spec import DOMAIN, OP_TYPE_ROTATION, reference_rotation
 from tests.ortops.test_matmul_int4_per_ic import _session
 
 

@@ -9,19 +9,13 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from smoothrot.ortops.library import (
-    DOMAIN,
-    OP_TYPE,
-    OrtOpsUnavailable,
-    available,
-    library_path,
-    pack_per_ic,
-    reference,
-    register,
-)
+from smoothrot.ortops.library import OrtOpsUnavailable, available, library_path, register
+from smoothrot.ortops.spec import DOMAIN, OP_TYPE_PER_IC, pack_per_ic, reference
 
 
-def _model(k: int, n: int, group: int, level: int | None = None, op_type: str = OP_TYPE, **const):
+def _model(
+    k: int, n: int, group: int, level: int | None = None, op_type: str = OP_TYPE_PER_IC, **const
+):
     attrs = {"K": k, "N": n, "group": group}
     if level is not None:
         attrs["accuracy_level"] = level
@@ -151,7 +145,7 @@ def test_shape_mismatch_is_a_runtime_error(built, a_shape, b_shape, s_shape) -> 
         "B": np.zeros(b_shape, np.uint8),
         "S": np.zeros(s_shape, np.float32),
     }
-    with pytest.raises(Exception, match=OP_TYPE):
+    with pytest.raises(Exception, match=OP_TYPE_PER_IC):
         sess.run(None, feed)
     # the session is still usable afterwards
     feed = {"A": np.ones((2, 37), np.float32), "B": np.full((64, 19), 0x88, np.uint8)}

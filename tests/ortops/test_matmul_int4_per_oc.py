@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from smoothrot.ortops.library import OP_TYPE_PER_OC, pack_per_ic, reference
+from smoothrot.ortops.spec import OP_TYPE_PER_OC, pack_per_ic, reference
 from tests.ortops.test_matmul_int4_per_ic import _model, _session
 
 

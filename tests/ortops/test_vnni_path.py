@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smoothrot.ortops.library import OP_TYPE, OP_TYPE_PER_OC, library_path, pack_per_ic
+from smoothrot.ortops.library import library_path
+from smoothrot.ortops.spec import OP_TYPE_PER_IC, OP_TYPE_PER_OC, pack_per_ic
 from tests.ortops.test_matmul_int4_per_ic import _model, _session
 
 AVX2_ONLY = "-mno-avxvnni -mno-avx512vnni"
@@ -41,8 +42,8 @@ def test_vnni_and_avx2_builds_agree_exactly(built, monkeypatch) -> None:
     cases = [
         (576, 45, 64, OP_TYPE_PER_OC),
         (1536, 64, 128, OP_TYPE_PER_OC),
-        (576, 96, 32, OP_TYPE),
-        (1000, 96, 32, OP_TYPE),  # ragged K: the tail block
+        (576, 96, 32, OP_TYPE_PER_IC),
+        (1000, 96, 32, OP_TYPE_PER_IC),  # ragged K: the tail block
     ]
     native_lib = library_path(build=True)
     native = _outputs(cases)

@@ -6,12 +6,8 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from smoothrot.compiler.calibrate import CalibrationConfig, calibrate_dir
-from smoothrot.compiler.config import EvalConfig
-from smoothrot.compiler.evaluate import evaluate_dir
-from smoothrot.compiler.export import save_model
-from smoothrot.compiler.manifest import load_manifest
-from smoothrot.compiler.pipeline import (
+from smoothrot.compiler.calibrate.statistics import CalibrationConfig, calibrate_dir
+from smoothrot.compiler.compile import (
     CompileConfig,
     Recipe,
     Transform,
@@ -19,7 +15,11 @@ from smoothrot.compiler.pipeline import (
     exact_passes,
     layer_lookup,
 )
-from smoothrot.compiler.runner import OrtDecoder
+from smoothrot.compiler.config import EvalConfig
+from smoothrot.compiler.measure.evaluate import evaluate_dir
+from smoothrot.compiler.modeldir.model_dir import save_model
+from smoothrot.compiler.runtime.ort_runner import OrtDecoder
+from smoothrot.core.manifest import load_manifest
 from smoothrot.passes.fold_norm import FoldNormGammaPass
 from smoothrot.passes.model_map import ModelMapError, build_model_map
 from smoothrot.passes.online_rotation import ROTATION_MARK, OnlineRotationPass

@@ -6,14 +6,14 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from smoothrot.passes.gptq import gptq
-from smoothrot.passes.int4 import (
+from smoothrot.core.int4 import (
     Grouping,
     fit_group_size,
     output_error,
     quantize_rtn,
     search_clip,
 )
+from smoothrot.passes.gptq import gptq
 
 RNG = np.random.default_rng(0)
 

@@ -5,9 +5,9 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from smoothrot.compiler.report import teacher_forced_logits
-from smoothrot.compiler.runner import OrtDecoder
-from smoothrot.ortops.library import OP_TYPE_ATTENTION
+from smoothrot.compiler.measure.probes import teacher_forced_logits
+from smoothrot.compiler.runtime.ort_runner import OrtDecoder
+from smoothrot.ortops.spec import OP_TYPE_ATTENTION
 from smoothrot.passes.lower_attention import LowerAttentionPass
 from tests.passes.test_lower_ort import IDS, _save
 

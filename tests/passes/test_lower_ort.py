@@ -7,11 +7,12 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from smoothrot.compiler.export import save_model
-from smoothrot.compiler.manifest import load_manifest
-from smoothrot.compiler.runner import OrtDecoder
+from smoothrot.compiler.measure.layer_graphs import linear_layer_model, quantized_layer_weight
+from smoothrot.compiler.modeldir.model_dir import save_model
+from smoothrot.compiler.runtime.ort_runner import OrtDecoder
+from smoothrot.core.int4 import Grouping
+from smoothrot.core.manifest import load_manifest
 from smoothrot.ortops.library import register as register_ortops
-from smoothrot.passes.int4 import Grouping, fit_group_size, quantize_rtn
 from smoothrot.passes.lower_ort import (
     KERNEL_OPS,
     LowerToMatMulNBitsPass,
@@ -27,7 +28,6 @@ from smoothrot.passes.quantize_weights import (
     WeightQuantConfig,
     WeightQuantPass,
 )
-from smoothrot.tools.bench_layer import layer_model
 
 IDS = np.random.default_rng(3).integers(0, 49152, size=(1, 24))
 
@@ -68,17 +68,15 @@ def test_single_layer_lowering_equals_its_qdq_graph(grouping, group, kernels, op
     if op == "MatMulInt4PerOC" and k % 64:
         op = "MatMulNBits"  # K = 80 has no group of 64: our per-OC op is not used
     x = np.random.default_rng(0).standard_normal((m, k)).astype(np.float32)
-    lowered = layer_model(k, n, grouping, group, 0, per_ic=kernels[0], per_oc=kernels[1])
+    lowered = linear_layer_model(k, n, grouping, group)
+    LowerToMatMulNBitsPass(0, kernels[0], kernels[1])(lowered)
     lowered_ops = [node.op_type for node in lowered.graph]
     assert "DequantizeLinear" not in lowered_ops
     if op is None:  # split: Mul + MatMulNBits per column group, one Concat
         assert lowered_ops.count("MatMulNBits") == n // group and lowered_ops[-1] == "Concat"
     else:
         assert lowered_ops == [op]
-    rng = np.random.default_rng(0)
-    b = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
-    qw = quantize_rtn(b, grouping, fit_group_size((k, n)[grouping.axis], group))
-    want = x @ qw.dequantize()  # the QDQ graph's meaning
+    want = x @ quantized_layer_weight(k, n, grouping, group).dequantize()  # the QDQ graph's meaning
     np.testing.assert_allclose(_run(lowered, x), want, rtol=1e-5, atol=1e-5)
 
 

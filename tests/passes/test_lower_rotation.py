@@ -4,9 +4,9 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from smoothrot.compiler.manifest import load_manifest
-from smoothrot.compiler.runner import OrtDecoder
-from smoothrot.ortops.library import OP_TYPE_ROTATION
+from smoothrot.compiler.runtime.ort_runner import OrtDecoder
+from smoothrot.core.manifest import load_manifest
+from smoothrot.ortops.spec import OP_TYPE_ROTATION
 from smoothrot.passes._graph import ROTATION_MARK, constant_array, set_constant
 from smoothrot.passes.lower_rotation import LowerRotationPass
 from smoothrot.passes.online_rotation import OnlineRotationPass

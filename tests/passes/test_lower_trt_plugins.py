@@ -10,13 +10,15 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from smoothrot.compiler.export import save_model
-from smoothrot.compiler.manifest import load_manifest
-from smoothrot.compiler.runner import OrtDecoder, session_options
+from smoothrot.compiler.modeldir.model_dir import save_model
+from smoothrot.compiler.runtime.ort_runner import OrtDecoder, session_options
+from smoothrot.compiler.targets.trt.plugin_layers import gemm_layer, rotation_layer
+from smoothrot.core.int4 import Grouping
+from smoothrot.core.manifest import load_manifest
+from smoothrot.core.qdq import QuantBits
 from smoothrot.passes._graph import ACT_QUANT_MARK, ROTATION_MARK, constant_array, new_initializer
-from smoothrot.passes._qdq import QuantBits, dynamic_qdq
-from smoothrot.passes.int4 import Grouping
-from smoothrot.passes.lower_trt_plugins import LowerToTrtPluginsPass, plugin_reference
+from smoothrot.passes._qdq import dynamic_qdq
+from smoothrot.passes.lower_trt_plugins import LowerToTrtPluginsPass
 from smoothrot.passes.online_rotation import OnlineRotationPass
 from smoothrot.passes.quantize_activations import ActQuantPass
 from smoothrot.passes.quantize_weights import (
@@ -26,8 +28,7 @@ from smoothrot.passes.quantize_weights import (
     WeightQuantPass,
 )
 from smoothrot.plugins.packing import unpack_int4
-from smoothrot.plugins.plugin_layers import gemm_layer, rotation_layer
-from smoothrot.plugins.trt_spec import NAMESPACE, PluginOp
+from smoothrot.plugins.trt_spec import NAMESPACE, PluginOp, plugin_reference
 
 W4A16, W4A8, KRON = PluginOp.W4A16_GEMM, PluginOp.W4A8_GEMM, PluginOp.KRON_HADAMARD
 X = np.random.default_rng(3).standard_normal((1, 7, 96)).astype(np.float32) * 3

@@ -2,7 +2,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from smoothrot.compiler.manifest import ModelDims, load_manifest
+from smoothrot.core.manifest import ModelDims, load_manifest
 from smoothrot.passes.model_map import ModelMapError, build_model_map
 from tests.conftest import TINY_ARCHITECTURES
 

@@ -8,15 +8,16 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from smoothrot.compiler.calibrate import CalibrationConfig, calibrate_dir
-from smoothrot.compiler.export import save_model
-from smoothrot.compiler.manifest import load_manifest
-from smoothrot.compiler.pipeline import layer_lookup
-from smoothrot.compiler.runner import OrtDecoder
-from smoothrot.passes._qdq import QuantBits, dynamic_qdq, dynamic_qdq_reference
+from smoothrot.compiler.calibrate.statistics import CalibrationConfig, calibrate_dir
+from smoothrot.compiler.compile import layer_lookup
+from smoothrot.compiler.modeldir.model_dir import save_model
+from smoothrot.compiler.runtime.ort_runner import OrtDecoder
+from smoothrot.core.hadamard import rotation_factors
+from smoothrot.core.int4 import Grouping
+from smoothrot.core.manifest import load_manifest
+from smoothrot.core.qdq import QuantBits, dynamic_qdq_reference
+from smoothrot.passes._qdq import dynamic_qdq
 from smoothrot.passes.fold_norm import FoldNormGammaPass
-from smoothrot.passes.hadamard import rotation_factors
-from smoothrot.passes.int4 import Grouping
 from smoothrot.passes.model_map import ModelMapError, build_model_map
 from smoothrot.passes.quantize_activations import ActQuantConfig, ActQuantPass
 from smoothrot.passes.quantize_kv import KV_PREFIX_INPUT, KVQuantConfig, KVQuantPass

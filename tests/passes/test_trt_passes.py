@@ -7,10 +7,11 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from smoothrot.compiler.manifest import load_manifest
-from smoothrot.compiler.pipeline import save_model
-from smoothrot.compiler.runner import OrtDecoder
-from smoothrot.passes._qdq import QuantBits, dynamic_qdq, dynamic_qdq_reference
+from smoothrot.compiler.modeldir.model_dir import save_model
+from smoothrot.compiler.runtime.ort_runner import OrtDecoder
+from smoothrot.core.manifest import load_manifest
+from smoothrot.core.qdq import QuantBits, dynamic_qdq_reference
+from smoothrot.passes._qdq import dynamic_qdq
 from smoothrot.passes.model_map import ModelMapError
 from smoothrot.passes.to_fp16 import FP16_MAX, Fp16Pass
 from smoothrot.passes.trt_act_quant import TrtActivationQdqPass

@@ -3,7 +3,7 @@ built into a real engine from its ONNX node, matches the numpy reference."""
 
 import pytest
 
-from smoothrot.plugins.doctor import check_plugins, environment
+from smoothrot.compiler.targets.trt.doctor import check_plugins, environment
 
 MISSING = environment().missing_for_plugins()
 pytestmark = [

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from smoothrot.passes.hadamard import rotation_factors
-from smoothrot.passes.int4 import Grouping, quantize_rtn
+from smoothrot.core.hadamard import rotation_factors
+from smoothrot.core.int4 import Grouping, quantize_rtn
 from smoothrot.plugins.gemm_config import DecodeConfig, PrefillConfig
 from smoothrot.plugins.hadamard_kernel import hadamard_rotate
 from smoothrot.plugins.int4_gemm import w4a16_gemm

@@ -6,9 +6,10 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from smoothrot.passes._qdq import QuantBits, dynamic_qdq, dynamic_qdq_reference
-from smoothrot.passes.hadamard import rotation_factors
-from smoothrot.passes.int4 import Grouping, QuantizedWeight, quantize_rtn
+from smoothrot.core.hadamard import rotation_factors
+from smoothrot.core.int4 import Grouping, QuantizedWeight, quantize_rtn
+from smoothrot.core.qdq import QuantBits, dynamic_qdq_reference
+from smoothrot.passes._qdq import dynamic_qdq
 from smoothrot.plugins.packing import pack_int4, unpack_int4
 from smoothrot.plugins.reference import (
     check_int4_operands,

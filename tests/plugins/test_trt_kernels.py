@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from smoothrot.passes.hadamard import rotation_factors
-from smoothrot.passes.int4 import Grouping, quantize_rtn
+from smoothrot.core.hadamard import rotation_factors
+from smoothrot.core.int4 import Grouping, quantize_rtn
 from smoothrot.plugins.packing import pack_int4
 from smoothrot.plugins.reference import kronecker_hadamard, w4a8_matmul, w4a16_matmul
 from smoothrot.plugins.trt_kernels import KERNELS, entry_params

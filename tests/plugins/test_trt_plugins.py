@@ -14,8 +14,8 @@ import types
 
 import pytest
 
-from smoothrot.compiler.errors import SmoothrotError
-from smoothrot.passes.int4 import Grouping
+from smoothrot.core.errors import SmoothrotError
+from smoothrot.core.int4 import Grouping
 from smoothrot.plugins import trt_plugins
 from smoothrot.plugins.ptx import PtxKernel
 from smoothrot.plugins.trt_spec import (

@@ -3,7 +3,7 @@ on TensorRT's symbolic expressions."""
 
 import pytest
 
-from smoothrot.passes.int4 import Grouping
+from smoothrot.core.int4 import Grouping
 from smoothrot.plugins.gemm_config import check_tile
 from smoothrot.plugins.trt_spec import (
     NAMESPACE,

@@ -3,7 +3,7 @@
 import onnx_ir as ir
 
 from smoothrot.compiler.config import EvalConfig
-from smoothrot.compiler.manifest import load_manifest
+from smoothrot.core.manifest import load_manifest
 from smoothrot.passes.model_map import build_model_map
 from smoothrot.tools.bench_quality import ROWS, run
 from smoothrot.tools.peer_ort import PeerConfig, quantize_with_ort

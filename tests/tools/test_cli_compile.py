@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from smoothrot.compiler.config import EvalConfig
-from smoothrot.compiler.perplexity import perplexity
-from smoothrot.compiler.runner import OrtDecoder
+from smoothrot.compiler.measure.perplexity import perplexity
+from smoothrot.compiler.runtime.ort_runner import OrtDecoder
 from smoothrot.tools.cli import main
 from tests.tools.test_cli import _fails_cleanly
 

@@ -53,7 +53,7 @@ def test_compile_target_ort_lowers_and_benches(capsys, tmp_path, tiny_export):
 
 
 def test_lower_without_the_op_library_fails_in_one_line(capsys, tmp_path, tiny_export, monkeypatch):
-    from smoothrot.compiler import lower
+    from smoothrot.compiler.targets.ort import lower
     from smoothrot.ortops.library import OrtOpsUnavailable
 
     def unavailable(build: bool = True):
@@ -79,7 +79,7 @@ def test_lower_without_the_op_library_fails_in_one_line(capsys, tmp_path, tiny_e
 
 def test_per_oc_kernel_choice(capsys, tmp_path, tiny_export, monkeypatch):
     """Per-OC layers (groups of 64) run our op by default; --per-oc matmulnbits needs no library."""
-    from smoothrot.compiler import lower
+    from smoothrot.compiler.targets.ort import lower
 
     argv = ["compile", "--onnx", str(tiny_export("llama")), "--recipe", "w4a16"]
     argv += ["--group-size", "64", "--grouping", "per-oc", "--algorithm", "rtn"]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from smoothrot.plugins.doctor import Environment, environment
+from smoothrot.compiler.targets.trt.doctor import Environment, environment
 from smoothrot.tools.cli import main
 
 HERE = environment()

@@ -1,0 +1,68 @@
+"""``smoothrot eval``: perplexity of a model directory on a text (default: the evaluation part)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from smoothrot.compiler.config import EvalConfig
+from smoothrot.compiler.measure.corpus import CorpusPart, corpus_part, text_digest
+from smoothrot.compiler.measure.perplexity import perplexity
+from smoothrot.compiler.runtime.decoders import Backend, open_decoder
+from smoothrot.compiler.runtime.ort_runner import EXACT_ACCURACY_LEVEL, load_tokenizer
+from smoothrot.core.errors import SmoothrotError
+
+__all__ = ["SYSTEM_PROMPT", "evaluate_dir", "read_text", "system_prompt_ids"]
+
+
+def read_text(path: Path | None) -> tuple[str, str]:
+    """(text, label): the given file, or the built-in evaluation part."""
+    if path is None:
+        return corpus_part(CorpusPart.EVALUATION), "pydoc_data evaluation part"
+    if not path.is_file():
+        raise SmoothrotError(f"text file {path} does not exist")
+    try:
+        return path.read_text(encoding="utf-8"), str(path)
+    except UnicodeDecodeError as exc:
+        raise SmoothrotError(f"text file {path} is not UTF-8: {exc}") from exc
+
+
+SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+
+
+def system_prompt_ids(tokenizer, text: str = SYSTEM_PROMPT) -> list[int]:  # noqa: ANN001
+    """The chat template's system turn for ``text`` (what a deployment puts before every
+    conversation), or the plain text where the tokenizer has no chat template."""
+    if getattr(tokenizer, "chat_template", None):
+        turn = [{"role": "system", "content": text}]
+        text = tokenizer.apply_chat_template(turn, tokenize=False)
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def evaluate_dir(
+    directory: Path,
+    config: EvalConfig,
+    text_file: Path | None = None,
+    progress: bool = True,
+    system_prompt: bool = False,
+    kv_prefix: int | None = None,
+    accuracy_level: int = EXACT_ACCURACY_LEVEL,
+    backend: Backend = Backend.ORT,
+) -> dict[str, Any]:
+    """Perplexity of ``directory``. ``system_prompt``: put the system turn before every window
+    (scored tokens unchanged); ``kv_prefix``: override the model's kept KV prefix P at run time."""
+    decoder = open_decoder(directory, backend, accuracy_level=accuracy_level, kv_prefix=kv_prefix)
+    text, label = read_text(text_file)
+    tokenizer = load_tokenizer(directory)
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    prefix = system_prompt_ids(tokenizer) if system_prompt else []
+    result = perplexity(lambda x: decoder.forward(x)[0], ids, config, progress, prefix)
+    return {
+        **asdict(result),
+        "text": label,
+        "text_sha256_16": text_digest(text),
+        "prefix_tokens": len(prefix),
+        "accuracy_level": accuracy_level,
+        "backend": backend.value,
+    }

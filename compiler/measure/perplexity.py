@@ -1,0 +1,66 @@
+"""Perplexity over non-overlapping windows, for any backend that maps ids to logits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from smoothrot.compiler.config import EvalConfig
+from smoothrot.core.errors import SmoothrotError
+
+__all__ = ["PerplexityResult", "perplexity", "windows"]
+
+LogitsFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    ppl: float
+    nll: float  # mean negative log-likelihood per predicted token, nats
+    tokens: int  # predicted tokens (windows × (seq − 1))
+    windows: int
+    seq: int
+
+
+def windows(token_ids: Sequence[int], config: EvalConfig) -> np.ndarray:
+    """``[windows, seq]`` non-overlapping windows from the start of ``token_ids``."""
+    need = config.seq * config.windows
+    if len(token_ids) < need:
+        raise SmoothrotError(
+            f"text too short: {len(token_ids)} tokens, need {need} "
+            f"({config.windows} windows x {config.seq})"
+        )
+    return np.asarray(token_ids[:need], dtype=np.int64).reshape(config.windows, config.seq)
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def perplexity(
+    logits_fn: LogitsFn,
+    token_ids: Sequence[int],
+    config: EvalConfig,
+    progress: bool = True,
+    prefix_ids: Sequence[int] = (),
+) -> PerplexityResult:
+    """exp(mean NLL) of each next token inside each window (the window's first token is context).
+
+    ``prefix_ids`` (e.g. a system prompt) is put before every window as extra context; only the
+    window's own tokens are scored, so results with and without a prefix count the same tokens.
+    """
+    batches = windows(token_ids, config)
+    prefix = np.asarray(prefix_ids, np.int64)
+    total = 0.0
+    for row in tqdm(batches, desc="perplexity", unit="window", disable=not progress):
+        ids = np.concatenate([prefix, row])[None, :]
+        logp = _log_softmax(logits_fn(ids)[0, len(prefix) : -1])
+        total -= float(logp[np.arange(config.seq - 1), row[1:]].sum())
+    count = config.windows * (config.seq - 1)
+    nll = total / count
+    return PerplexityResult(float(np.exp(nll)), nll, count, config.windows, config.seq)

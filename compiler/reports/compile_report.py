@@ -1,0 +1,143 @@
+"""The compile report written next to the model: ``report.json`` (machine) + ``report.md`` (people).
+
+What it proves or measures: logits of the result vs the input model on a fixed 128-token
+input (max |Δ| — the exactness proof for exact recipes — and SNR in dB), perplexity before and
+after for lossy recipes (EvalConfig defaults), per-layer INT4 grouping and calibration SNR,
+model size on disk, and the time of every stage. The plot (``report_layers.png``) shows the
+per-layer SNR and, for AdaDim, per-OC vs per-IC calibration error.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smoothrot.compiler.measure.probes import logits_probe, model_bytes, perplexity_pair
+
+__all__ = ["jsonable", "write_report"]
+
+
+def jsonable(value: Any) -> Any:
+    """Dataclasses, enums, tuples and numpy scalars as plain JSON values."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {k: jsonable(v) for k, v in asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(jsonable(k)): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def write_report(
+    result: Path,
+    source: Path,
+    config: Any,
+    stages: list[dict[str, Any]],
+    layers: list[Any],
+    tune: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Measure ``result`` against ``source`` and write report.json/.md (+ plot) into ``result``."""
+    recipe = config.recipe
+    report: dict[str, Any] = {
+        "recipe": recipe.value,
+        "transform": config.transform_used.value,
+        "config": jsonable(config),
+        "logits": logits_probe(source, result),
+        "size_bytes": {"input": model_bytes(source), "output": model_bytes(result)},
+        "stages": stages,
+    }
+    if tune is not None:
+        report["tune"] = tune
+    if recipe.exact:
+        report["exactness"] = {k: report["logits"][k] for k in ("tokens", "max_abs_logit_diff")}
+    elif config.evaluate:
+        report["perplexity"] = perplexity_pair(source, result, ("before", "after"))
+    if layers:
+        report["layers"] = jsonable(layers)
+        counts: dict[str, int] = {}
+        for layer in layers:
+            counts[layer.grouping] = counts.get(layer.grouping, 0) + 1
+        report["grouping_counts"] = counts
+        _plot_layers(result / "report_layers.png", layers)
+    (result / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (result / "report.md").write_text(_markdown(report))
+    return report
+
+
+def _plot_layers(path: Path, layers: list[Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.arange(len(layers))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 6), sharex=True)
+    colors = ["tab:blue" if lay.grouping == "per-oc" else "tab:orange" for lay in layers]
+    top.bar(x, [lay.snr_db for lay in layers], color=colors)
+    top.set_ylabel("calibration output SNR (dB)")
+    top.set_title("INT4 weights per layer (blue: per-OC, orange: per-IC)")
+    both = [lay for lay in layers if len(lay.errors) == 2]
+    if both:
+        ratio = [lay.errors["per-ic"] / max(lay.errors["per-oc"], 1e-30) for lay in layers]
+        bottom.semilogy(x, ratio, ".", color="tab:gray")
+        bottom.axhline(1.0, color="k", lw=0.5)
+        bottom.set_ylabel("per-IC / per-OC error")
+    bottom.set_xlabel("layer (q,k,v,o,gate,up,down per decoder layer, in order)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _markdown(r: dict[str, Any]) -> str:
+    lines = [f"# smoothrot compile report: {r['recipe']} (transform {r['transform']})", ""]
+    lg = r["logits"]
+    lines += [
+        f"Logits vs the input model on {lg['tokens']} tokens: "
+        f"max |Δ| {lg['max_abs_logit_diff']:.3g},"
+        f" SNR {lg['logit_snr_db']:.1f} dB, top-1 agreement {lg['top1_agreement']:.1%}.",
+        "",
+    ]
+    if "perplexity" in r:
+        p = r["perplexity"]
+        lines += [
+            "| perplexity | value |",
+            "|---|---|",
+            f"| before (input model) | {p['before']:.3f} |",
+            f"| after | {p['after']:.3f} |",
+            f"| ratio | {p['ratio']:.3f} |",
+            "",
+            f"({p['tokens']} predicted tokens of the {p['text']}.)",
+            "",
+        ]
+    if "tune" in r:
+        t = r["tune"]
+        lines += [
+            f"Tuned (BiSup, `--tune`): {t['kept']} of {t['blocks']} blocks kept their tuned "
+            f"constants; last block's output error {t['loss_untuned_last_block']:.3e} untuned → "
+            f"{t['loss_tuned_last_block']:.3e} tuned; see tune.md.",
+            "",
+        ]
+    size = r["size_bytes"]
+    lines += [f"Model on disk: {size['input'] / 1e6:.1f} MB → {size['output'] / 1e6:.1f} MB.", ""]
+    if "layers" in r:
+        lines += [f"Grouping chosen: {r['grouping_counts']}.", "", "![layers](report_layers.png)"]
+        lines += ["", "| weight | grouping | group | SNR dB | errors |", "|---|---|---|---|---|"]
+        for lay in r["layers"]:
+            errs = ", ".join(f"{k} {v:.3g}" for k, v in lay["errors"].items())
+            lines.append(
+                f"| {lay['weight']} | {lay['grouping']} | {lay['block']} | {lay['snr_db']:.1f}"
+                f" | {errs} |"
+            )
+        lines.append("")
+    lines += ["| stage | seconds |", "|---|---|"]
+    lines += [f"| {s['stage']} | {s['seconds']} |" for s in r["stages"]]
+    return "\n".join(lines) + "\n"

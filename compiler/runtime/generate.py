@@ -1,0 +1,21 @@
+"""``smoothrot generate``: greedy text generation with the KV cache (ONNX Runtime or TensorRT)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from smoothrot.compiler.runtime.decoders import Backend, open_decoder
+from smoothrot.compiler.runtime.ort_runner import load_tokenizer
+
+__all__ = ["generate_text"]
+
+
+def generate_text(
+    directory: Path, prompt: str, max_new_tokens: int, backend: Backend = Backend.ORT
+) -> str:
+    decoder = open_decoder(directory, backend)
+    tokenizer = load_tokenizer(directory)
+    ids = tokenizer.encode(prompt, add_special_tokens=False)
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    new = decoder.generate(ids, max_new_tokens, eos)
+    return prompt + tokenizer.decode(new, skip_special_tokens=True)

@@ -1,0 +1,2 @@
+"""Deployment targets of a compiled QDQ model: ONNX Runtime on CPUs (``ort``) and TensorRT
+engines (``trt``)."""

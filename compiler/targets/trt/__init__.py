@@ -1,0 +1,2 @@
+"""The TensorRT target: the TensorRT-form graph, engine builds with two profiles, plugin checks
+(``smoothrot doctor``)."""
