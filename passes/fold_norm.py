@@ -12,6 +12,8 @@ import numpy as np
 import onnx_ir as ir
 
 from smoothrot.core.manifest import ModelDims
+from smoothrot.core.pass_infra import PassReport
+from smoothrot.passes._conditions import require_float_weights
 from smoothrot.passes._graph import constant_array, transform_constant
 from smoothrot.passes.model_map import build_model_map
 
@@ -19,13 +21,18 @@ __all__ = ["FoldNormGammaPass"]
 
 
 class FoldNormGammaPass(ir.passes.InPlacePass):
+    name = "fold_norm_gamma"
+
     def __init__(self, dims: ModelDims) -> None:
         super().__init__()
         self.dims = dims
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def requires(self, model: ir.Model) -> None:
+        require_float_weights(model, self.name)
+
+    def call(self, model: ir.Model) -> PassReport:
         mm = build_model_map(model, self.dims).require(fp_weights=True)
-        modified = False
+        modified, folded = False, 0
         for norm, linears in mm.norm_consumers():
             gamma = constant_array(norm.gamma)
             if np.all(gamma == 1):
@@ -33,5 +40,10 @@ class FoldNormGammaPass(ir.passes.InPlacePass):
             for lin in linears:
                 lin.transform_weight(lambda w, g=gamma: g.astype(np.float64)[:, None] * w)
             transform_constant(norm.node, norm.gamma, np.ones_like)
-            modified = True
-        return ir.passes.PassResult(model, modified=modified)
+            modified, folded = True, folded + 1
+        return PassReport(model, modified, {"norms_folded": folded})
+
+    def ensures(self, model: ir.Model) -> None:
+        for norm, _ in build_model_map(model, self.dims).norm_consumers():
+            if np.any(constant_array(norm.gamma) != 1):
+                raise ir.passes.PostconditionError(f"{self.name}: γ of {norm.gamma.name} != 1")

@@ -11,13 +11,16 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from smoothrot.core.pass_infra import PassReport
 from smoothrot.passes._graph import new_initializer
 
 __all__ = ["FoldTransposedWeightsPass"]
 
 
 class FoldTransposedWeightsPass(ir.passes.InPlacePass):
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    name = "fold_transposed_weights"
+
+    def call(self, model: ir.Model) -> PassReport:
         folded = 0  # MatMuls re-pointed and Transposes removed
         for node in list(model.graph):
             if node.op_type != "MatMul" or len(node.inputs) < 2 or node.inputs[1] is None:
@@ -43,4 +46,4 @@ class FoldTransposedWeightsPass(ir.passes.InPlacePass):
             if node.op_type == "Transpose" and not any(o.uses() for o in node.outputs):
                 model.graph.remove(node, safe=True)
                 folded += 1
-        return ir.passes.PassResult(model, modified=folded > 0)
+        return PassReport(model, folded > 0, {"folded": folded})

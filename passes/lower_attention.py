@@ -20,11 +20,11 @@ that only fed the replaced MatMul are removed afterwards.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
 
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
+from smoothrot.core.pass_infra import PassReport
 from smoothrot.ortops.spec import DOMAIN as ORTOPS_DOMAIN
 from smoothrot.ortops.spec import OP_TYPE_ATTENTION
 from smoothrot.passes._graph import constant_array, is_constant, scalar_constant
@@ -172,28 +172,26 @@ def _match(softmax: ir.Node) -> tuple[ir.Node, ir.Node]:
     return out_mm[0], node
 
 
-@dataclass
 class LowerAttentionPass(ir.passes.InPlacePass):
-    lowered: int = 0
-    skipped: dict[str, str] = field(default_factory=dict)  # Softmax name → why
+    """``details``: ``lowered`` (count), ``skipped`` (Softmax name → why it stays)."""
 
-    def __post_init__(self) -> None:
-        super().__init__()
+    name = "lower_attention"
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> PassReport:
         graph = model.graph
+        lowered, skipped = 0, {}
         for softmax in [n for n in graph if n.op_type == "Softmax" and n.domain == ""]:
             try:
                 matmul, node = _match(softmax)
             except _Refused as why:
-                self.skipped[softmax.name or "?"] = str(why)
+                skipped[softmax.name or "?"] = str(why)
                 continue
             out = matmul.outputs[0]
             ir.convenience.replace_nodes_and_values(
                 graph, matmul, [matmul], [node], [out], [node.outputs[0]]
             )
-            self.lowered += 1
-        if self.lowered:
+            lowered += 1
+        if lowered:
             model.opset_imports.setdefault(ORTOPS_DOMAIN, 1)
             common_passes.RemoveUnusedNodesPass()(model)
-        return ir.passes.PassResult(model, modified=self.lowered > 0)
+        return PassReport(model, lowered > 0, {"lowered": lowered, "skipped": skipped})

@@ -37,11 +37,13 @@ is padded to whole blocks with ``q = 0``.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import onnx_ir as ir
 
+from smoothrot.core.pass_infra import PassReport
 from smoothrot.ortops.spec import DOMAIN as ORTOPS_DOMAIN
 from smoothrot.ortops.spec import OP_TYPE_PER_IC as PER_IC_OP
 from smoothrot.ortops.spec import OP_TYPE_PER_OC as PER_OC_OP
@@ -159,51 +161,55 @@ def _lower_per_ic_split(graph, x, q, scale, group, level, tag) -> tuple[list[ir.
     return nodes, bs
 
 
-@dataclass
+@dataclass(frozen=True)
 class LowerToMatMulNBitsPass(ir.passes.InPlacePass):
-    """Every ``MatMul(X, INT4 DequantizeLinear)`` → MatMulNBits (see the module docstring)."""
+    """Every ``MatMul(X, INT4 DequantizeLinear)`` → MatMulNBits or our op (module docstring).
 
+    ``details``: ``lowered`` (a :class:`LoweredLayer` each), ``skipped`` (MatMul name → why it
+    stays QDQ)."""
+
+    name: ClassVar[str] = "lower_int4"
     accuracy_level: int = 0
     per_ic: PerIcKernel = PerIcKernel.ORTOPS
     per_oc: PerOcKernel = PerOcKernel.MATMULNBITS
-    lowered: list[LoweredLayer] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)  # MatMul name → why it stays QDQ
 
     def __post_init__(self) -> None:
         super().__init__()
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise ValueError(f"accuracy level must be 0..4, got {self.accuracy_level}")
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> PassReport:
         graph = model.graph
+        lowered: list[LoweredLayer] = []
+        skipped: dict[str, str] = {}
         for node in [n for n in graph if n.op_type == "MatMul" and n.domain == ""]:
             found = match_int4_matmul(node)
             if found is None:
                 continue
             if isinstance(found, str):
-                self.skipped[node.name or "?"] = found
+                skipped[node.name or "?"] = found
                 continue
-            self._lower(graph, found)
+            try:
+                lowered.append(self._lower(graph, found))
+            except ValueError as exc:
+                skipped[found.matmul.name or (found.dq.outputs[0].name or "linear")] = str(exc)
         ops = {node.op_type for node in graph}
         if "MatMulNBits" in ops:
             model.opset_imports.setdefault(MS_DOMAIN, 1)
         if ops & {PER_IC_OP, PER_OC_OP}:
             model.opset_imports.setdefault(ORTOPS_DOMAIN, 1)
-        return ir.passes.PassResult(model, modified=bool(self.lowered))
+        return PassReport(model, bool(lowered), {"lowered": lowered, "skipped": skipped})
 
-    def _lower(self, graph: ir.Graph, m: Int4MatMul) -> None:
+    def _lower(self, graph: ir.Graph, m: Int4MatMul) -> LoweredLayer:
+        """Rewrite one layer (ValueError, graph unchanged, if its kernel cannot take it)."""
         weight = m.dq.outputs[0]
         tag = weight.name or m.matmul.name or "linear"
         per_ic = _lower_per_ic_op if self.per_ic is PerIcKernel.ORTOPS else _lower_per_ic_split
         per_oc = _lower_per_oc_op if self.per_oc is PerOcKernel.ORTOPS else _lower_per_oc
         lower = per_oc if m.axis == 0 else per_ic
-        try:
-            nodes, bs = lower(
-                graph, m.matmul.inputs[0], m.q, m.scale, m.group, self.accuracy_level, tag
-            )
-        except ValueError as exc:
-            self.skipped[m.matmul.name or tag] = str(exc)
-            return
+        nodes, bs = lower(
+            graph, m.matmul.inputs[0], m.q, m.scale, m.group, self.accuracy_level, tag
+        )
         grouping = "per-oc" if m.axis == 0 else "per-ic"
         for node in nodes:
             node.metadata_props[LOWERED_MARK] = f"{grouping}:{m.group}:{bs}"
@@ -217,4 +223,4 @@ class LowerToMatMulNBitsPass(ir.passes.InPlacePass):
                 if value is not None and not value.uses() and value.name in graph.initializers:
                     graph.initializers.pop(value.name)
         count = sum(n.op_type in KERNEL_OPS for n in nodes)
-        self.lowered.append(LoweredLayer(tag, grouping, m.group, bs, count))
+        return LoweredLayer(tag, grouping, m.group, bs, count)

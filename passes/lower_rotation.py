@@ -16,12 +16,12 @@ marked as a rotation is reported by name in ``skipped`` and left as it is.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
 
 from smoothrot.core.hadamard import hadamard
+from smoothrot.core.pass_infra import PassReport
 from smoothrot.ortops.spec import DOMAIN as ORTOPS_DOMAIN
 from smoothrot.ortops.spec import OP_TYPE_ROTATION
 from smoothrot.passes._graph import ROTATION_MARK, constant_array, is_constant, new_initializer
@@ -73,20 +73,18 @@ def _match(reshape_in: ir.Node) -> tuple[list[ir.Node], np.ndarray] | str:
     return [reshape_in, mm_b, mm_a, reshape_out], np.ascontiguousarray(at.T, np.float32)
 
 
-@dataclass
 class LowerRotationPass(ir.passes.InPlacePass):
-    lowered: int = 0
-    skipped: dict[str, str] = field(default_factory=dict)  # first node's name → why
+    """``details``: ``lowered`` (count), ``skipped`` (first node's name → why it stays)."""
 
-    def __post_init__(self) -> None:
-        super().__init__()
+    name = "lower_rotation"
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> PassReport:
         graph = model.graph
+        lowered, skipped = 0, {}
         for start in [n for n in graph if _starts_rotation(n)]:
             found = _match(start)
             if isinstance(found, str):
-                self.skipped[start.name or "?"] = found
+                skipped[start.name or "?"] = found
                 continue
             nodes, a = found
             constants = [nodes[0].inputs[1], nodes[1].inputs[1], nodes[2].inputs[0]]
@@ -104,10 +102,10 @@ class LowerRotationPass(ir.passes.InPlacePass):
             for value in constants:  # the exporter may share constants: drop only dead ones
                 if value is not None and not value.uses() and value.name in graph.initializers:
                     graph.initializers.pop(value.name)
-            self.lowered += 1
-        if self.lowered:
+            lowered += 1
+        if lowered:
             model.opset_imports.setdefault(ORTOPS_DOMAIN, 1)
-        return ir.passes.PassResult(model, modified=self.lowered > 0)
+        return PassReport(model, lowered > 0, {"lowered": lowered, "skipped": skipped})
 
 
 def _starts_rotation(node: ir.Node) -> bool:

@@ -24,12 +24,13 @@ on the fp32 QDQ graph (before an fp16 conversion raises the QDQ's 1e-12 scale fl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
 
 from smoothrot.core.int4 import Grouping
+from smoothrot.core.pass_infra import PassReport
 from smoothrot.passes._graph import (
     ACT_QUANT_MARK,
     ROTATION_MARK,
@@ -158,83 +159,90 @@ def _rotation_entry(node: ir.Node) -> bool:
     )
 
 
-@dataclass
 class LowerToTrtPluginsPass(ir.passes.InPlacePass):
-    """INT4 MatMuls (with their INT8 activation QDQ) and online rotations → plugin nodes."""
+    """INT4 MatMuls (with their INT8 activation QDQ) and online rotations → plugin nodes.
 
-    lowered: list[LoweredPlugin] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)  # node name → why it stays
+    ``details``: ``lowered`` (a :class:`LoweredPlugin` each), ``skipped`` (node name → why it
+    stays)."""
 
-    def __post_init__(self) -> None:
-        super().__init__()
+    name = "lower_trt_plugins"
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> PassReport:
         graph = model.graph
+        lowered: list[LoweredPlugin] = []
+        skipped: dict[str, str] = {}
+
+        def record(name: str, outcome: LoweredPlugin | str) -> None:
+            if isinstance(outcome, str):
+                skipped[name] = outcome
+            else:
+                lowered.append(outcome)
+
         for node in [n for n in graph if n.op_type == "MatMul" and n.domain == ""]:
             found = match_int4_matmul(node)
             if isinstance(found, str):
-                self.skipped[node.name or "?"] = found
+                skipped[node.name or "?"] = found
             elif found is not None:
-                self._lower_gemm(graph, found)
+                record(found.matmul.name or (found.dq.outputs[0].name or "linear"),
+                       _lower_gemm(graph, found))  # fmt: skip
         for node in [n for n in graph if _rotation_entry(n)]:
-            self._lower_rotation(graph, node)
+            record((node.name or "rotation").removesuffix(".reshape_in"),
+                   _lower_rotation(graph, node))  # fmt: skip
         for node in reversed(list(graph)):  # QDQ nodes that no MatMul reads any more
             if node.metadata_props.get(ACT_QUANT_MARK):
                 remove_if_dead(graph, node)
-        if self.lowered:
+        if lowered:
             model.opset_imports.setdefault(NAMESPACE, 1)
-        return ir.passes.PassResult(model, modified=bool(self.lowered))
+        return PassReport(model, bool(lowered), {"lowered": lowered, "skipped": skipped})
 
-    def _lower_gemm(self, graph: ir.Graph, m: Int4MatMul) -> None:
-        name = m.matmul.name or (m.dq.outputs[0].name or "linear")
-        x = m.matmul.inputs[0]
-        assert x is not None
-        k, n = m.q.shape
-        source = _act_qdq_source(x, k)
-        if isinstance(source, str):
-            self.skipped[name] = source
-            return
-        op = PluginOp.W4A16_GEMM if source is None else PluginOp.W4A8_GEMM
-        try:
-            attrs = GemmAttrs(k, n, Grouping.PER_OC if m.axis == 0 else Grouping.PER_IC, m.group)
-        except ValueError as exc:
-            self.skipped[name] = str(exc)
-            return
-        packed = _initializer(graph, f"{name}.w_packed", pack_int4(m.q))
-        scale = _initializer(graph, f"{name}.w_scale", np.ascontiguousarray(m.scale))
-        node = _plugin_node(op, [source or x, packed, scale], attrs.onnx_attributes(), name)
-        out = m.matmul.outputs[0]
-        ir.convenience.replace_nodes_and_values(
-            graph, m.matmul, [m.matmul], [node], [out], [node.outputs[0]]
-        )
-        remove_if_dead(graph, m.dq)
-        self.lowered.append(LoweredPlugin(name, op, attrs.onnx_attributes()))
 
-    def _lower_rotation(self, graph: ir.Graph, first: ir.Node) -> None:
-        name = (first.name or "rotation").removesuffix(".reshape_in")
-        found = _rotation(first)
-        if isinstance(found, str):
-            self.skipped[name] = found
-            return
-        nodes, a, b = found
-        try:
-            attrs = HadamardAttrs(a.shape[0], b.shape[0])
-        except ValueError as exc:
-            self.skipped[name] = str(exc)
-            return
-        a_value = _initializer(graph, f"{name}.a", a)
-        b_value = _initializer(graph, f"{name}.b", b)
-        x = first.inputs[0]
-        assert x is not None
-        op = PluginOp.KRON_HADAMARD
-        node = _plugin_node(op, [x, a_value, b_value], attrs.onnx_attributes(), name)
-        node.metadata_props[ROTATION_MARK] = "online"
-        out = nodes[-1].outputs[0]
-        constants = [v for old in nodes for v in old.inputs if is_constant(v)]
-        ir.convenience.replace_nodes_and_values(
-            graph, first, nodes, [node], [out], [node.outputs[0]]
-        )
-        for value in constants:
-            if not value.uses() and value.name in graph.initializers:
-                graph.initializers.pop(value.name)
-        self.lowered.append(LoweredPlugin(name, op, attrs.onnx_attributes()))
+def _lower_gemm(graph: ir.Graph, m: Int4MatMul) -> LoweredPlugin | str:
+    """The plugin node for one INT4 MatMul, or why there is none (graph unchanged)."""
+    name = m.matmul.name or (m.dq.outputs[0].name or "linear")
+    x = m.matmul.inputs[0]
+    assert x is not None
+    k, n = m.q.shape
+    source = _act_qdq_source(x, k)
+    if isinstance(source, str):
+        return source
+    op = PluginOp.W4A16_GEMM if source is None else PluginOp.W4A8_GEMM
+    try:
+        attrs = GemmAttrs(k, n, Grouping.PER_OC if m.axis == 0 else Grouping.PER_IC, m.group)
+    except ValueError as exc:
+        return str(exc)
+    packed = _initializer(graph, f"{name}.w_packed", pack_int4(m.q))
+    scale = _initializer(graph, f"{name}.w_scale", np.ascontiguousarray(m.scale))
+    node = _plugin_node(op, [source or x, packed, scale], attrs.onnx_attributes(), name)
+    out = m.matmul.outputs[0]
+    ir.convenience.replace_nodes_and_values(
+        graph, m.matmul, [m.matmul], [node], [out], [node.outputs[0]]
+    )
+    remove_if_dead(graph, m.dq)
+    return LoweredPlugin(name, op, attrs.onnx_attributes())
+
+
+def _lower_rotation(graph: ir.Graph, first: ir.Node) -> LoweredPlugin | str:
+    """The plugin node for one online rotation, or why there is none (graph unchanged)."""
+    name = (first.name or "rotation").removesuffix(".reshape_in")
+    found = _rotation(first)
+    if isinstance(found, str):
+        return found
+    nodes, a, b = found
+    try:
+        attrs = HadamardAttrs(a.shape[0], b.shape[0])
+    except ValueError as exc:
+        return str(exc)
+    a_value = _initializer(graph, f"{name}.a", a)
+    b_value = _initializer(graph, f"{name}.b", b)
+    x = first.inputs[0]
+    assert x is not None
+    op = PluginOp.KRON_HADAMARD
+    node = _plugin_node(op, [x, a_value, b_value], attrs.onnx_attributes(), name)
+    node.metadata_props[ROTATION_MARK] = "online"
+    out = nodes[-1].outputs[0]
+    constants = [v for old in nodes for v in old.inputs if is_constant(v)]
+    ir.convenience.replace_nodes_and_values(graph, first, nodes, [node], [out], [node.outputs[0]])
+    for value in constants:
+        if not value.uses() and value.name in graph.initializers:
+            graph.initializers.pop(value.name)
+    return LoweredPlugin(name, op, attrs.onnx_attributes())

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from smoothrot.core.pass_infra import PassReport
+
 __all__ = ["NormDivPass"]
 
 
 class NormDivPass(ir.passes.InPlacePass):
-    def __init__(self) -> None:
-        super().__init__()
-        self.rewritten = 0
+    """``details["rewritten"]``: the number of norms rewritten."""
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
+    name = "norm_div"
+
+    def call(self, model: ir.Model) -> PassReport:
+        graph, rewritten = model.graph, 0
         for recip in [n for n in graph if n.op_type == "Reciprocal" and n.domain == ""]:
             sqrt = recip.inputs[0].producer() if recip.inputs[0] is not None else None
             uses = list(recip.outputs[0].uses())
@@ -34,5 +36,5 @@ class NormDivPass(ir.passes.InPlacePass):
             ir.convenience.replace_nodes_and_values(
                 graph, mul, [mul, recip], [div], [mul.outputs[0]], [div.outputs[0]]
             )
-            self.rewritten += 1
-        return ir.passes.PassResult(model, modified=self.rewritten > 0)
+            rewritten += 1
+        return PassReport(model, rewritten > 0, {"rewritten": rewritten})

@@ -16,6 +16,8 @@ import onnx_ir as ir
 
 from smoothrot.core.hadamard import rotation_factors
 from smoothrot.core.manifest import ModelDims
+from smoothrot.core.pass_infra import PassReport
+from smoothrot.passes._conditions import require_float_weights
 from smoothrot.passes._graph import (
     ROTATION_MARK,
     constant_array,
@@ -58,14 +60,19 @@ def _rotate_input(graph: ir.Graph, linears: list[Linear], tag: str, seed: int) -
 
 
 class OnlineRotationPass(ir.passes.InPlacePass):
+    name = "online_rotation"
+
     def __init__(self, dims: ModelDims, sites: frozenset[Site] = LAYER_SITES, seed: int = 0):
         super().__init__()
         self.dims, self.sites, self.seed = dims, sites, seed
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def requires(self, model: ir.Model) -> None:
+        require_float_weights(model, self.name)
+
+    def call(self, model: ir.Model) -> PassReport:
         mm = build_model_map(model, self.dims).require(fp_weights=True)
-        graph, modified = model.graph, False
+        graph, rotated = model.graph, []
         for site, tag, linears in mm.site_groups():
-            if site in self.sites:
-                modified |= _rotate_input(graph, linears, tag, self.seed)
-        return ir.passes.PassResult(model, modified=modified)
+            if site in self.sites and _rotate_input(graph, linears, tag, self.seed):
+                rotated.append(tag)
+        return PassReport(model, bool(rotated), {"rotated": rotated})

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import onnx_ir as ir
 
 from smoothrot.core.manifest import ModelDims
+from smoothrot.core.pass_infra import PassReport
 from smoothrot.core.qdq import QuantBits
 from smoothrot.passes._graph import ACT_QUANT_MARK
 from smoothrot.passes._qdq import dynamic_qdq
@@ -46,15 +47,17 @@ def _quantize_input(graph: ir.Graph, linears: list[Linear], tag: str, bits: Quan
 
 
 class ActQuantPass(ir.passes.InPlacePass):
+    name = "quantize_activations"
+
     def __init__(self, dims: ModelDims, config: ActQuantConfig = ActQuantConfig()) -> None:
         super().__init__()
         self.dims, self.config = dims, config
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> PassReport:
         mm = build_model_map(model, self.dims).require()
         sites = LAYER_SITES | ({Site.LM_HEAD} if self.config.lm_head else set())
-        modified = False
+        quantized = []
         for site, tag, linears in mm.site_groups():
-            if site in sites:
-                modified |= _quantize_input(model.graph, linears, tag, self.config.bits)
-        return ir.passes.PassResult(model, modified=modified)
+            if site in sites and _quantize_input(model.graph, linears, tag, self.config.bits):
+                quantized.append(tag)
+        return PassReport(model, bool(quantized), {"quantized": quantized})

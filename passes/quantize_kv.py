@@ -27,6 +27,7 @@ import onnx_ir as ir
 
 from smoothrot.core.hadamard import rotation_factors
 from smoothrot.core.manifest import KV_PREFIX_INPUT, ModelDims
+from smoothrot.core.pass_infra import PassReport
 from smoothrot.core.qdq import QuantBits
 from smoothrot.passes._graph import new_initializer
 from smoothrot.passes._qdq import dynamic_qdq
@@ -72,13 +73,15 @@ def _cache_concats(graph: ir.Graph, dims: ModelDims) -> list[tuple[str, ir.Node]
 
 
 class KVQuantPass(ir.passes.InPlacePass):
+    name = "quantize_kv"
+
     def __init__(self, dims: ModelDims, config: KVQuantConfig = KVQuantConfig()) -> None:
         super().__init__()
         self.dims, self.config = dims, config
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> PassReport:
         if model.metadata_props.get(_MARK):
-            return ir.passes.PassResult(model, modified=False)
+            return PassReport(model, False, {"kv": model.metadata_props[_MARK]})
         graph = model.graph
         positions = next((v for v in graph.inputs if v.name == "position_ids"), None)
         if positions is None:
@@ -116,4 +119,4 @@ class KVQuantPass(ir.passes.InPlacePass):
             graph.insert_before(concat, where)
             concat.replace_input_with(1, where.outputs[0])
         model.metadata_props[_MARK] = f"int{self.config.bits.value},P={self.config.keep_prefix}"
-        return ir.passes.PassResult(model, modified=True)
+        return PassReport(model, True, {"kv": model.metadata_props[_MARK], "caches": len(concats)})

@@ -33,6 +33,8 @@ from smoothrot.core.int4 import (
     search_clip,
 )
 from smoothrot.core.manifest import ModelDims
+from smoothrot.core.pass_infra import PassReport
+from smoothrot.passes._conditions import ensure_blocked_int4
 from smoothrot.passes._graph import constant_array, new_initializer
 from smoothrot.passes.gptq import gptq
 from smoothrot.passes.model_map import Linear, build_model_map
@@ -169,7 +171,10 @@ def _store(graph: ir.Graph, lin: Linear, qw: QuantizedWeight) -> None:
 
 
 class WeightQuantPass(ir.passes.InPlacePass):
-    """Quantize Linear weights to INT4 QDQ (see module docstring); fills ``self.results``."""
+    """Quantize Linear weights to INT4 QDQ (see module docstring). ``details["layers"]``: a
+    :class:`LayerQuantResult` per layer quantized by this call."""
+
+    name = "quantize_weights"
 
     def __init__(
         self,
@@ -180,9 +185,8 @@ class WeightQuantPass(ir.passes.InPlacePass):
     ) -> None:
         super().__init__()
         self.dims, self.hessian, self.config, self.progress = dims, hessian, config, progress
-        self.results: list[LayerQuantResult] = []
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> PassReport:
         mm = build_model_map(model, self.dims).require()
         targets = [lin for layer in mm.layers for lin in layer.linears()]
         if self.config.lm_head and mm.lm_head is not None:
@@ -190,6 +194,7 @@ class WeightQuantPass(ir.passes.InPlacePass):
         todo = [lin for lin in targets if lin.dequantize is None]
         bar = tqdm(todo, desc=f"quantize ({self.config.algorithm.value})", unit="layer")
         bar.disable = not self.progress
+        results: list[LayerQuantResult] = []
         for lin in bar:
             b = constant_array(lin.weight)
             if b.dtype != np.float32:
@@ -204,7 +209,7 @@ class WeightQuantPass(ir.passes.InPlacePass):
             best = min(tried, key=lambda g: tried[g][1])
             qw, err = tried[best]
             ref = float(output_error(b, h).sum())
-            self.results.append(
+            results.append(
                 LayerQuantResult(
                     weight=lin.name,
                     grouping=best.value,
@@ -214,4 +219,7 @@ class WeightQuantPass(ir.passes.InPlacePass):
                 )
             )
             _store(model.graph, lin, qw)
-        return ir.passes.PassResult(model, modified=bool(todo))
+        return PassReport(model, bool(todo), {"layers": results})
+
+    def ensures(self, model: ir.Model) -> None:
+        ensure_blocked_int4(model, self.name)

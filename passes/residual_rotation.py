@@ -21,6 +21,8 @@ import onnx_ir as ir
 
 from smoothrot.core.hadamard import rotation_factors
 from smoothrot.core.manifest import ModelDims
+from smoothrot.core.pass_infra import PassPreconditionError, PassReport
+from smoothrot.passes._conditions import require_float_weights
 from smoothrot.passes._graph import constant_array, transform_constant
 from smoothrot.passes.model_map import Linear, ModelMapError, build_model_map
 
@@ -30,19 +32,30 @@ _MARK = "smoothrot.residual_rotation"
 
 
 class ResidualRotationPass(ir.passes.InPlacePass):
+    name = "residual_rotation"
+
     def __init__(self, dims: ModelDims, per_head: bool = True, seed: int = 0) -> None:
         super().__init__()
         self.dims, self.per_head, self.seed = dims, per_head, seed
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def requires(self, model: ir.Model) -> None:
+        require_float_weights(model, self.name)
         if model.metadata_props.get(_MARK):
-            return ir.passes.PassResult(model, modified=False)
+            return  # already rotated: call() leaves it as it is
         mm = build_model_map(model, self.dims).require(fp_weights=True)
         unfolded = [
             n.gamma.name for n, _ in mm.norm_consumers() if np.any(constant_array(n.gamma) != 1)
         ]
         if unfolded:
-            raise ModelMapError(f"residual rotation needs folded norms; γ != 1 in {unfolded[0]}")
+            raise PassPreconditionError(
+                f"{self.name} needs folded norms (γ != 1 in {unfolded[0]}): run fold_norm_gamma "
+                "first"
+            )
+
+    def call(self, model: ir.Model) -> PassReport:
+        if model.metadata_props.get(_MARK):
+            return PassReport(model, False, {"rotation": model.metadata_props[_MARK]})
+        mm = build_model_map(model, self.dims).require(fp_weights=True)
         if mm.embedding is None or mm.lm_head is None:
             raise ModelMapError("residual rotation needs the embedding Gather and lm_head")
         q = rotation_factors(self.dims.hidden, self.seed).dense
@@ -57,7 +70,7 @@ class ResidualRotationPass(ir.passes.InPlacePass):
             if self.per_head:
                 self._rotate_heads(layer.v, layer.o)
         model.metadata_props[_MARK] = "r1+r2" if self.per_head else "r1"
-        return ir.passes.PassResult(model, modified=True)
+        return PassReport(model, True, {"rotation": model.metadata_props[_MARK]})
 
     def _rotate_heads(self, v: Linear, o: Linear) -> None:
         d = self.dims

@@ -25,6 +25,8 @@ import numpy as np
 import onnx_ir as ir
 
 from smoothrot.core.manifest import ModelDims
+from smoothrot.core.pass_infra import PassReport
+from smoothrot.passes._conditions import require_float_weights
 from smoothrot.passes._graph import constant_array, transform_constant
 from smoothrot.passes.model_map import LAYER_SITES, Linear, Norm, Site, build_model_map
 
@@ -92,13 +94,18 @@ def gqa_tied_scales(
 class SmoothPass(ir.passes.InPlacePass):
     """Fold SmoothQuant scales into norms, v_proj and up_proj (see module docstring)."""
 
+    name = "smooth"
+
     def __init__(self, dims: ModelDims, absmax: AbsMax, config: SmoothConfig = SmoothConfig()):
         super().__init__()
         self.dims, self.absmax, self.config = dims, absmax, config
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def requires(self, model: ir.Model) -> None:
+        require_float_weights(model, self.name)
+
+    def call(self, model: ir.Model) -> PassReport:
         if model.metadata_props.get(_MARK) or not self.config.sites:
-            return ir.passes.PassResult(model, modified=False)
+            return PassReport(model, False, {"sites": []})
         mm = build_model_map(model, self.dims).require(fp_weights=True)
         sites, alpha = self.config.sites, self.config.alpha
         for layer in mm.layers:
@@ -122,4 +129,4 @@ class SmoothPass(ir.passes.InPlacePass):
         if Site.LM_HEAD in sites and mm.final_norm and mm.lm_head:
             _smooth_norm(mm.final_norm, [mm.lm_head], self.absmax(mm.lm_head), alpha)
         model.metadata_props[_MARK] = ",".join(sorted(s.value for s in sites))
-        return ir.passes.PassResult(model, modified=True)
+        return PassReport(model, True, {"sites": sorted(s.value for s in sites), "alpha": alpha})

@@ -28,6 +28,8 @@ import numpy as np
 import onnx_ir as ir
 
 from smoothrot.core.manifest import ModelDims
+from smoothrot.core.pass_infra import PassReport
+from smoothrot.passes._conditions import require_float32
 from smoothrot.passes._graph import new_initializer, producer_op
 from smoothrot.passes.model_map import ModelMapError, find_norms
 
@@ -89,8 +91,34 @@ def _rotary_nodes(graph: ir.Graph) -> list[ir.Node]:
     return island
 
 
+def _constant(
+    graph: ir.Graph, value: ir.Value, keep_fp32: bool, done: dict, counts: dict[str, int]
+) -> ir.Value:
+    """The fp16 copy of the constant ``value`` (made once), saturated; counted in ``counts``."""
+    if keep_fp32:
+        return value
+    if id(value) in done:
+        return done[id(value)]
+    array = value.const_value.numpy().astype(np.float64)
+    big = np.abs(array) > FP16_MAX
+    # Only scalars (ε, the QDQ scale floor) are raised: tensors round to fp16 subnormals.
+    tiny = (array != 0) & (np.abs(array) < FP16_TINY) & (array.size == 1)
+    counts["saturated"] += int(big.sum())
+    counts["raised"] += int(tiny.sum())
+    array = np.where(big, np.sign(array) * FP16_MAX, array)
+    array = np.where(tiny, np.sign(array) * FP16_TINY, array).astype(np.float16)
+    half = new_initializer(graph, f"{value.name}.fp16", array)
+    done[id(value)] = half
+    return half
+
+
 class Fp16Pass(ir.passes.InPlacePass):
-    """fp32 → fp16 with fp32 norm statistics and rotary angles (see module docstring)."""
+    """fp32 → fp16 with fp32 norm statistics and rotary angles (see module docstring).
+
+    ``details``: ``island_nodes`` (nodes kept in fp32), ``saturated`` (constant elements clipped
+    to ±65504), ``raised`` (non-zero scalar constants raised to fp16's smallest normal)."""
+
+    name = "to_fp16"
 
     def __init__(self, dims: ModelDims, keep_fp32_domains: tuple[str, ...] = ()) -> None:
         """``keep_fp32_domains``: nodes of these domains (our TensorRT plugins) keep their
@@ -99,11 +127,11 @@ class Fp16Pass(ir.passes.InPlacePass):
         super().__init__()
         self.dims = dims
         self.keep_fp32_domains = keep_fp32_domains
-        self.saturated = 0  # constant elements clipped to ±65504
-        self.raised = 0  # non-zero scalar constants raised to fp16's smallest normal
-        self.island_nodes = 0
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def requires(self, model: ir.Model) -> None:
+        require_float32(model, self.name)
+
+    def call(self, model: ir.Model) -> PassReport:
         graph = model.graph
         _fill_missing_types(graph, self.keep_fp32_domains)
         norms = find_norms(graph)  # not the whole model map: plugin nodes may replace MatMuls
@@ -114,7 +142,7 @@ class Fp16Pass(ir.passes.InPlacePass):
             )
         island = {id(n) for norm in norms for n in _norm_statistics(norm.node)}
         island |= {id(n) for n in _rotary_nodes(graph)}
-        self.island_nodes = len(island)
+        counts = {"island_nodes": len(island), "saturated": 0, "raised": 0}
         converted: dict = {}  # fp32 constant → its fp16 copy; (value, type) → its Cast
         was_float = {id(v) for n in graph for v in (*n.inputs, *n.outputs) if v and _is_float(v)}
         for node in list(graph):
@@ -124,7 +152,8 @@ class Fp16Pass(ir.passes.InPlacePass):
                     continue
                 if value.const_value is not None and value.producer() is None:
                     keep = inside or node.domain in self.keep_fp32_domains
-                    node.replace_input_with(index, self._constant(graph, value, keep, converted))
+                    half = _constant(graph, value, keep, converted, counts)
+                    node.replace_input_with(index, half)
                 elif _from_island(value, island) != inside:
                     cast = _cast_of(graph, value, node, _FLOAT if inside else _HALF, converted)
                     node.replace_input_with(index, cast)
@@ -136,24 +165,7 @@ class Fp16Pass(ir.passes.InPlacePass):
         self._fp32_logits(graph)
         for name in [n for n, v in graph.initializers.items() if not v.uses()]:
             graph.initializers.pop(name)  # the fp32 originals of converted constants
-        return ir.passes.PassResult(model, modified=True)
-
-    def _constant(self, graph: ir.Graph, value: ir.Value, keep_fp32: bool, done) -> ir.Value:
-        if keep_fp32:
-            return value
-        if id(value) in done:
-            return done[id(value)]
-        array = value.const_value.numpy().astype(np.float64)
-        big = np.abs(array) > FP16_MAX
-        # Only scalars (ε, the QDQ scale floor) are raised: tensors round to fp16 subnormals.
-        tiny = (array != 0) & (np.abs(array) < FP16_TINY) & (array.size == 1)
-        self.saturated += int(big.sum())
-        self.raised += int(tiny.sum())
-        array = np.where(big, np.sign(array) * FP16_MAX, array)
-        array = np.where(tiny, np.sign(array) * FP16_TINY, array).astype(np.float16)
-        half = new_initializer(graph, f"{value.name}.fp16", array)
-        done[id(value)] = half
-        return half
+        return PassReport(model, True, counts)
 
     def _retype_node(self, node: ir.Node) -> None:
         if node.op_type == "Cast" and node.attributes.get_int("to") == _FLOAT.value:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from smoothrot.core.pass_infra import PassReport
 from smoothrot.passes._graph import is_constant, new_initializer
 
 __all__ = ["TrtActivationQdqPass"]
@@ -29,12 +30,12 @@ _RANGES = {ir.DataType.INT8: (-128, 127), ir.DataType.INT4: (-8, 7)}
 
 
 class TrtActivationQdqPass(ir.passes.InPlacePass):
-    def __init__(self) -> None:
-        super().__init__()
-        self.rewritten: list[str] = []
+    """``details["rewritten"]``: the name of each QuantizeLinear rewritten."""
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
+    name = "trt_activation_qdq"
+
+    def call(self, model: ir.Model) -> PassReport:
+        graph, rewritten = model.graph, []
         for quant in [n for n in graph if n.op_type == "QuantizeLinear" and n.domain == ""]:
             x, scale = quant.inputs[0], quant.inputs[1]
             if scale is None or is_constant(scale):
@@ -55,36 +56,36 @@ class TrtActivationQdqPass(ir.passes.InPlacePass):
                     f"QuantizeLinear {quant.name!r} has a run-time scale but is not a symmetric "
                     "INT8/INT4 QDQ pair; TensorRT cannot build it"
                 )
-            self._rewrite(graph, quant, dequant, x, scale, out_type)
-        return ir.passes.PassResult(model, modified=bool(self.rewritten))
+            rewritten.append(_rewrite(graph, quant, dequant, x, scale, out_type))
+        return PassReport(model, bool(rewritten), {"rewritten": rewritten})
 
-    def _rewrite(
-        self,
-        graph: ir.Graph,
-        quant: ir.Node,
-        dequant: ir.Node,
-        x: ir.Value,
-        scale: ir.Value,
-        out_type: ir.DataType,
-    ) -> None:
-        low, high = _RANGES[out_type]
-        dtype = x.dtype.numpy() if x.dtype is not None else np.float32
-        tag = quant.name or "qdq"
-        bounds = []
-        for side, bound in (("low", low), ("high", high)):
-            name = f"smoothrot.trt_qdq.{out_type.name.lower()}.{side}"
-            if name not in graph.initializers:
-                new_initializer(graph, name, np.array(bound, dtype))
-            bounds.append(graph.initializers[name])
-        div = ir.node("Div", [x, scale], name=f"{tag}.div")
-        rnd = ir.node("Round", [div.outputs[0]], name=f"{tag}.round")
-        clip = ir.node("Clip", [rnd.outputs[0], *bounds], name=f"{tag}.clip")
-        mul = ir.node("Mul", [clip.outputs[0], scale], name=f"{tag}.mul")
-        nodes = [div, rnd, clip, mul]
-        for node in nodes:
-            node.metadata_props.update(quant.metadata_props)
-            node.outputs[0].type = x.type
-        ir.convenience.replace_nodes_and_values(
-            graph, quant, [quant, dequant], nodes, [dequant.outputs[0]], [mul.outputs[0]]
-        )
-        self.rewritten.append(tag)
+
+def _rewrite(
+    graph: ir.Graph,
+    quant: ir.Node,
+    dequant: ir.Node,
+    x: ir.Value,
+    scale: ir.Value,
+    out_type: ir.DataType,
+) -> str:
+    low, high = _RANGES[out_type]
+    dtype = x.dtype.numpy() if x.dtype is not None else np.float32
+    tag = quant.name or "qdq"
+    bounds = []
+    for side, bound in (("low", low), ("high", high)):
+        name = f"smoothrot.trt_qdq.{out_type.name.lower()}.{side}"
+        if name not in graph.initializers:
+            new_initializer(graph, name, np.array(bound, dtype))
+        bounds.append(graph.initializers[name])
+    div = ir.node("Div", [x, scale], name=f"{tag}.div")
+    rnd = ir.node("Round", [div.outputs[0]], name=f"{tag}.round")
+    clip = ir.node("Clip", [rnd.outputs[0], *bounds], name=f"{tag}.clip")
+    mul = ir.node("Mul", [clip.outputs[0], scale], name=f"{tag}.mul")
+    nodes = [div, rnd, clip, mul]
+    for node in nodes:
+        node.metadata_props.update(quant.metadata_props)
+        node.outputs[0].type = x.type
+    ir.convenience.replace_nodes_and_values(
+        graph, quant, [quant, dequant], nodes, [dequant.outputs[0]], [mul.outputs[0]]
+    )
+    return tag

@@ -41,13 +41,13 @@ def default_export(tmp_path_factory, default_source) -> Path:
     return out
 
 
-def _tiny_config(arch: str):
+def _tiny_config(arch: str, layers: int = 2):
     from transformers import LlamaConfig, MistralConfig, Qwen2Config
 
     common = dict(
         hidden_size=64,
         intermediate_size=96,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         vocab_size=49152,  # the default model's tokenizer is reused
@@ -70,15 +70,15 @@ def default_tokenizer(default_torch):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, default_tokenizer):
-    """Factory: a tiny random HF model directory of the given architecture (cached)."""
-    made: dict[str, Path] = {}
+    """Factory: a tiny random HF model directory of the given architecture and depth (cached)."""
+    made: dict[tuple[str, int], Path] = {}
 
-    def make(arch: str) -> Path:
-        if arch not in made:
+    def make(arch: str, layers: int = 2) -> Path:
+        if (arch, layers) not in made:
             from transformers import AutoModelForCausalLM
 
             torch.manual_seed(0)
-            model = AutoModelForCausalLM.from_config(_tiny_config(arch))
+            model = AutoModelForCausalLM.from_config(_tiny_config(arch, layers))
             # Random init is near-zero; larger norms weights make the numerical checks bite.
             with torch.no_grad():
                 for name, p in model.named_parameters():
@@ -86,25 +86,25 @@ def tiny_model_dir(tmp_path_factory, default_tokenizer):
                         p.uniform_(0.5, 1.5)
                     elif name.endswith("bias"):
                         p.normal_(0, 0.1)
-            path = tmp_path_factory.mktemp(f"tiny-{arch}")
+            path = tmp_path_factory.mktemp(f"tiny-{arch}-{layers}")
             model.save_pretrained(path)
             default_tokenizer.save_pretrained(path)
-            made[arch] = path
-        return made[arch]
+            made[arch, layers] = path
+        return made[arch, layers]
 
     return make
 
 
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory, tiny_model_dir):
-    """Factory: a tiny model exported to ONNX (cached per architecture)."""
-    made: dict[str, Path] = {}
+    """Factory: a tiny model exported to ONNX (cached per architecture and depth)."""
+    made: dict[tuple[str, int], Path] = {}
 
-    def make(arch: str) -> Path:
-        if arch not in made:
-            out = tmp_path_factory.mktemp(f"tiny-{arch}-onnx") / "model"
-            export_model(resolve_source(tiny_model_dir(arch)), out, ExportConfig())
-            made[arch] = out
-        return made[arch]
+    def make(arch: str, layers: int = 2) -> Path:
+        if (arch, layers) not in made:
+            out = tmp_path_factory.mktemp(f"tiny-{arch}-{layers}-onnx") / "model"
+            export_model(resolve_source(tiny_model_dir(arch, layers)), out, ExportConfig())
+            made[arch, layers] = out
+        return made[arch, layers]
 
     return make

@@ -7,6 +7,9 @@ exactly what ``smoothrot lower`` ships: per-OC as ONNX Runtime's MatMulNBits and
 medians over ``--runs`` runs of ``--iters`` calls each, all in this one process::
 
     python -m smoothrot.tools.bench_layer --shapes 576x1536 4096x4096 --m 1
+
+``--docs FILE`` also writes the table as a Markdown page (with the run's environment, see
+``bench_docs``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
@@ -25,6 +29,7 @@ from smoothrot.compiler.measure.layer_graphs import linear_layer_model
 from smoothrot.core.int4 import Grouping
 from smoothrot.ortops.library import register as register_ortops
 from smoothrot.passes.lower_ort import KERNEL_OPS, LowerToMatMulNBitsPass, PerIcKernel, PerOcKernel
+from smoothrot.tools.bench_docs import command_line, write_doc
 
 __all__ = ["LayerTiming", "layer_model", "layer_shape", "main", "table", "time_layer"]
 
@@ -52,10 +57,9 @@ def layer_model(
     """One ``Y = X · B`` layer: fp32 (``grouping`` None) or INT4 QDQ, lowered as it ships."""
     model = linear_layer_model(k, n, grouping, group, seed)
     if grouping is not None:
-        lowering = LowerToMatMulNBitsPass(level, per_ic, per_oc)
-        lowering(model)
-        if len(lowering.lowered) != 1:
-            raise RuntimeError(f"the layer was not lowered: {lowering.skipped}")
+        details = LowerToMatMulNBitsPass(level, per_ic, per_oc)(model).details
+        if len(details["lowered"]) != 1:
+            raise RuntimeError(f"the layer was not lowered: {details['skipped']}")
     return model
 
 
@@ -155,8 +159,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="0 = ONNX Runtime's default")
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--docs", type=Path, help="also write the table as this Markdown page")
     args = parser.parse_args(argv)
     rows = run(args.shapes, args.m, args.group_size, args.accuracy_levels, args.threads, args.runs)
+    if args.docs is not None:
+        protocol = (
+            f"One linear layer `Y = X · B` in ONNX Runtime on the CPU, M = {args.m}, INT4 group "
+            f"{args.group_size}, lowered as `smoothrot lower` ships it; median µs over "
+            f"{args.runs} runs, all in one process."
+        )
+        command = command_line("smoothrot.tools.bench_layer", argv)
+        write_doc(args.docs, "One-layer micro-benchmark", command, protocol + "\n\n" + table(rows))
     print(json.dumps([asdict(r) for r in rows], indent=1) if args.json else table(rows))
 
 

@@ -86,9 +86,9 @@ def add_compile(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_compile(args: argparse.Namespace) -> int:
-    from smoothrot.compiler.compile import CompileConfig, compile_model
+    from smoothrot.compiler.compile import compile_model
+    from smoothrot.compiler.config import CompileConfig, Target, TuneConfig
     from smoothrot.compiler.recipes import Recipe, Transform
-    from smoothrot.compiler.tune.bisup import TuneConfig
     from smoothrot.passes.quantize_weights import Algorithm, GroupingMode, WeightQuantConfig
 
     config = CompileConfig(
@@ -109,11 +109,10 @@ def _run_compile(args: argparse.Namespace) -> int:
         tune=TuneConfig(sequences=args.tune_sequences, epochs=args.tune_epochs)
         if args.tune
         else None,
+        target=Target(args.target),
+        lowering=lower_config(args),
     )
-    if args.target == "ort" and not config.recipe.spec.weights:
-        raise ValueError(f"--target ort needs an INT4 recipe; {args.recipe} has fp weights")
-    out = args.output.with_name(f".{args.output.name}.qdq") if args.target == "ort" else args.output
-    report = compile_model(out, config, model=args.model, onnx_dir=args.onnx)
+    report = compile_model(args.output, config, model=args.model, onnx_dir=args.onnx)
     lg = report["logits"]
     print(
         f"compiled {args.recipe} (transform {report['transform']}) to {args.output}; logits vs "
@@ -124,17 +123,6 @@ def _run_compile(args: argparse.Namespace) -> int:
         print(f"perplexity {p['before']:.3f} -> {p['after']:.3f} (x{p['ratio']:.3f})")
     size = report["size_bytes"]
     print(f"model {size['input'] / 1e6:.0f} MB -> {size['output'] / 1e6:.0f} MB; see report.md")
-    if args.target == "ort":
-        _lower(out, args)
+    if "lowering" in report:
+        print_lowering(report["lowering"], args.output)
     return 0
-
-
-def _lower(qdq: Path, args: argparse.Namespace) -> None:
-    import shutil
-
-    from smoothrot.compiler.targets.ort.lower import lower_model
-
-    try:
-        print_lowering(lower_model(qdq, args.output, lower_config(args)), args.output)
-    finally:
-        shutil.rmtree(qdq, ignore_errors=True)

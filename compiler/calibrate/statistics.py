@@ -32,6 +32,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 from tqdm import tqdm
 
+from smoothrot.compiler.config import CalibrationConfig
 from smoothrot.compiler.measure.corpus import CorpusPart, corpus_part, text_digest
 from smoothrot.compiler.measure.evaluate import read_text
 from smoothrot.compiler.modeldir.outdir import atomic_output_dir, check_output_dir
@@ -41,7 +42,6 @@ from smoothrot.core.manifest import Manifest, load_manifest
 
 __all__ = [
     "CALIBRATION_DIR",
-    "CalibrationConfig",
     "CalibrationStats",
     "ActivationStats",
     "calibrate_dir",
@@ -54,19 +54,6 @@ __all__ = [
 
 CALIBRATION_DIR = "calibration"
 _FORMAT, _VERSION, _INDEX = "smoothrot-calibration", 1, "index.json"
-
-
-@dataclass(frozen=True)
-class CalibrationConfig:
-    tokens: int = 8192
-    seq: int = 512
-    hessian: bool = True
-
-    def __post_init__(self) -> None:
-        if self.seq < 1:
-            raise ValueError(f"seq must be >= 1, got {self.seq}")
-        if self.tokens < self.seq:
-            raise ValueError(f"tokens ({self.tokens}) must be >= seq ({self.seq})")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import re
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +42,12 @@ import onnxruntime as ort
 from tqdm import tqdm
 
 from smoothrot.compiler.calibrate.statistics import (
-    CalibrationConfig,
     feeds,
     matmul_inputs,
     session_with_outputs,
     token_sequences,
 )
-from smoothrot.compiler.config import ExportConfig
+from smoothrot.compiler.config import AnalyzeConfig, CalibrationConfig, ExportConfig
 from smoothrot.compiler.export.exporter import export_model
 from smoothrot.compiler.modeldir.outdir import atomic_output_dir, check_output_dir
 from smoothrot.compiler.modeldir.sources import resolve_source
@@ -59,7 +58,6 @@ from smoothrot.core.manifest import Manifest, load_manifest
 from smoothrot.passes.smooth import gqa_tied_scales, smoothing_scales
 
 __all__ = [
-    "AnalyzeConfig",
     "Transform",
     "analyze_dir",
     "analyze_model",
@@ -94,25 +92,6 @@ class Transform(enum.Enum):
     @property
     def rotates(self) -> bool:
         return self in (Transform.ROTATE, Transform.SMOOTH_ROTATE)
-
-
-@dataclass(frozen=True)
-class AnalyzeConfig:
-    tokens: int = 1024
-    seq: int = 512
-    alpha: float = 0.5
-    bits: int = 4
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.seq < 1:
-            raise ValueError(f"seq must be >= 1, got {self.seq}")
-        if self.tokens < self.seq:
-            raise ValueError(f"tokens ({self.tokens}) must be >= seq ({self.seq})")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        if not 2 <= self.bits <= 8:
-            raise ValueError(f"bits must be in [2, 8], got {self.bits}")
 
 
 # --- pure math -----------------------------------------------------------------------------

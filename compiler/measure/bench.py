@@ -15,42 +15,24 @@ import resource
 import statistics
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
+from smoothrot.compiler.config import BenchConfig
 from smoothrot.compiler.measure.probes import model_bytes
-from smoothrot.compiler.runtime.decoders import Backend, open_decoder
+from smoothrot.compiler.runtime.decoders import open_decoder
 from smoothrot.core.manifest import load_manifest
 
 __all__ = [
-    "BenchConfig",
     "bench_dir",
     "decode_weight_bytes",
     "memory_bandwidth",
     "peak_rss_bytes",
 ]
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    prompt_tokens: int = 128
-    new_tokens: int = 128
-    runs: int = 5
-    threads: int = 0  # 0: ONNX Runtime's default (one per physical core)
-    accuracy_level: int = 4  # only for QDQ graphs: the level ORT fuses DQ+MatMul at
-    seed: int = 0
-    backend: Backend = Backend.ORT
-
-    def __post_init__(self) -> None:
-        for name in ("prompt_tokens", "new_tokens", "runs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be >= 1")
-        if self.threads < 0:
-            raise ValueError("threads must be >= 0")
 
 
 def decode_weight_bytes(directory: Path) -> int:

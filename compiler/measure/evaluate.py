@@ -6,10 +6,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from smoothrot.compiler.config import EvalConfig
+from smoothrot.compiler.config import Backend, EvalConfig
 from smoothrot.compiler.measure.corpus import CorpusPart, corpus_part, text_digest
 from smoothrot.compiler.measure.perplexity import perplexity
-from smoothrot.compiler.runtime.decoders import Backend, open_decoder
+from smoothrot.compiler.runtime.decoders import open_decoder
 from smoothrot.compiler.runtime.ort_runner import EXACT_ACCURACY_LEVEL, load_tokenizer
 from smoothrot.core.errors import SmoothrotError
 

@@ -11,8 +11,9 @@ from typing import Any
 import onnx_ir as ir
 
 from smoothrot.core.manifest import MODEL_FILE, Manifest
+from smoothrot.core.pass_infra import PassReport
 
-__all__ = ["COPIED_FILES", "save_model", "write_model_dir"]
+__all__ = ["COPIED_FILES", "SaveModelDirPass", "save_model", "write_model_dir"]
 
 COPIED_FILES = (
     "tokenizer.json",
@@ -37,3 +38,19 @@ def write_model_dir(
         if (source / f).is_file():
             shutil.copy(source / f, out / f)
     replace(manifest, stages=manifest.stages + stages).save(out)
+
+
+class SaveModelDirPass(ir.passes.InPlacePass):
+    """A pipeline step that writes the graph as it is into a new model directory ``out`` (for a
+    calibration or a float reference later in the pipeline); the graph is unchanged."""
+
+    name = "save_model_dir"
+
+    def __init__(self, out: Path, source: Path, manifest: Manifest) -> None:
+        super().__init__()
+        self.out, self.source, self.manifest = Path(out), Path(source), manifest
+
+    def call(self, model: ir.Model) -> PassReport:
+        self.out.mkdir(parents=True)
+        write_model_dir(model, self.source, self.manifest, self.out, [])
+        return PassReport(model, False, {"directory": str(self.out)})

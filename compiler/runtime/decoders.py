@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 
+from smoothrot.compiler.config import Backend
 from smoothrot.compiler.runtime.ort_runner import EXACT_ACCURACY_LEVEL, OrtDecoder
 
-__all__ = ["Backend", "open_decoder"]
-
-
-class Backend(enum.Enum):
-    ORT = "ort"  # ONNX Runtime on the CPU: the directory's model.onnx
-    TRT = "trt"  # TensorRT on an NVIDIA GPU: the engine.trt that `smoothrot build` wrote
+__all__ = ["open_decoder"]
 
 
 def open_decoder(

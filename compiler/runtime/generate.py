@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from smoothrot.compiler.runtime.decoders import Backend, open_decoder
+from smoothrot.compiler.config import Backend
+from smoothrot.compiler.runtime.decoders import open_decoder
 from smoothrot.compiler.runtime.ort_runner import load_tokenizer
 
 __all__ = ["generate_text"]

@@ -1,6 +1,7 @@
 """TensorRT runner for a ``smoothrot build`` directory: same interface as ``OrtDecoder``.
 
-One execution context per optimization profile (0 prefill, 1 decode; ``compiler/targets/trt/engine.py``).
+One execution context per optimization profile (0 prefill, 1 decode; see
+``compiler/targets/trt/engine.py``).
 Buffers are torch CUDA tensors; the KV cache stays on the GPU between steps (``past`` is a
 list of device tensors) and only the logits come back to the host. Needs an NVIDIA GPU, torch
 with CUDA, and the TensorRT flavour the engine was built with (``build.json``'s backend).

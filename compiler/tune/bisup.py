@@ -37,40 +37,14 @@ import onnx_ir as ir
 import torch
 from tqdm import tqdm
 
+from smoothrot.compiler.config import TuneConfig
 from smoothrot.compiler.tune.graph_blocks import Block, decoder_blocks
 from smoothrot.compiler.tune.torch_graph import TorchGraph, torch_feeds
 from smoothrot.core.manifest import Manifest
 from smoothrot.passes._graph import ACT_QUANT_MARK, constant_array, private_constant
 from smoothrot.passes.model_map import DecoderLayer, build_model_map
 
-__all__ = ["BlockTuning", "TuneConfig", "TuneResult", "tune_blocks"]
-
-
-@dataclass(frozen=True)
-class TuneConfig:
-    sequences: int = 32  # calibration sequences (from the calibration text, never the eval text)
-    seq: int = 128  # tokens per sequence
-    batch: int = 8  # sequences per optimizer step
-    epochs: int = 15  # passes over the sequences per block (60 Adam steps at the defaults)
-    lr: float = 5e-3  # Adam, on the log-scale parameters θ and φ
-    gamma: bool = True  # tune the RMSNorm γ as well as the weight scales
-    act_clip: bool = True  # tune the INT4 activation quantizers' clipping ratios
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("sequences", "seq", "batch", "epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"tune {name} must be >= 1, got {getattr(self, name)}")
-        if self.sequences % self.batch:
-            raise ValueError(
-                f"tune sequences ({self.sequences}) must be a multiple of the batch ({self.batch})"
-            )
-        if not 0 < self.lr < 1:
-            raise ValueError(f"tune lr must be in (0, 1), got {self.lr}")
-
-    @property
-    def steps(self) -> int:
-        return self.epochs * self.sequences // self.batch
+__all__ = ["BlockTuning", "TuneResult", "tune_blocks"]
 
 
 @dataclass(frozen=True)

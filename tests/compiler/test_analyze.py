@@ -7,14 +7,10 @@ import math
 import numpy as np
 import pytest
 
+from smoothrot.compiler.calibrate.statistics import calibrate_dir, load_calibration
+from smoothrot.compiler.config import AnalyzeConfig, CalibrationConfig
 from smoothrot.compiler.measure import analyze
-from smoothrot.compiler.calibrate.statistics import (
-    CalibrationConfig,
-    calibrate_dir,
-    load_calibration,
-)
 from smoothrot.compiler.measure.analyze import (
-    AnalyzeConfig,
     Transform,
     analyze_dir,
     analyze_model,

@@ -11,10 +11,11 @@ import sys
 import onnx_ir as ir
 import pytest
 
-from smoothrot.compiler.compile import CompileConfig, compile_model
+from smoothrot.compiler.compile import compile_model
+from smoothrot.compiler.config import BuildConfig, CompileConfig, EngineConfig
 from smoothrot.compiler.recipes import Recipe
-from smoothrot.compiler.targets.trt.build import BuildConfig, build_model, trt_graph
-from smoothrot.compiler.targets.trt.engine import EngineConfig, check_engine_header
+from smoothrot.compiler.targets.trt.build import build_model, trt_graph
+from smoothrot.compiler.targets.trt.engine import check_engine_header
 from smoothrot.core.errors import SmoothrotError
 from smoothrot.core.tensorrt import ENGINE_FILE, TrtBackend, load_trt
 from smoothrot.passes.quantize_weights import Algorithm, GroupingMode, WeightQuantConfig

@@ -4,11 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from smoothrot.compiler.calibrate.statistics import (
-    CalibrationConfig,
-    calibrate_dir,
-    load_calibration,
-)
+from smoothrot.compiler.calibrate.statistics import calibrate_dir, load_calibration
+from smoothrot.compiler.config import CalibrationConfig
 from smoothrot.compiler.measure.corpus import CorpusPart, corpus_part
 from smoothrot.compiler.modeldir.sources import load_torch_model, resolve_source
 from smoothrot.core.errors import SmoothrotError

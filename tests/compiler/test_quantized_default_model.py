@@ -5,9 +5,10 @@ import json
 
 import pytest
 
-from smoothrot.compiler.compile import CompileConfig, compile_model
+from smoothrot.compiler.compile import compile_model
+from smoothrot.compiler.config import CompileConfig, LowerConfig
 from smoothrot.compiler.recipes import Recipe
-from smoothrot.compiler.targets.ort.lower import LowerConfig, lower_model
+from smoothrot.compiler.targets.ort.lower import lower_model
 
 
 @pytest.mark.slow

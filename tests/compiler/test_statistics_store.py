@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import smoothrot.passes
-from smoothrot.compiler.compile import statistics_store
+from smoothrot.compiler.calibrate.store import statistics_store
 from smoothrot.core.manifest import MANIFEST_NAME
 
 

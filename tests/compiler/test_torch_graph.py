@@ -9,7 +9,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from smoothrot.compiler.compile import CompileConfig, compile_model
+from smoothrot.compiler.compile import compile_model
+from smoothrot.compiler.config import CompileConfig
 from smoothrot.compiler.recipes import Recipe
 from smoothrot.compiler.runtime.ort_runner import OrtDecoder
 from smoothrot.compiler.tune.graph_blocks import decoder_blocks, head_nodes

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from smoothrot.compiler.config import BuildConfig
 from smoothrot.compiler.runtime.ort_runner import OrtDecoder
-from smoothrot.compiler.targets.trt.build import BuildConfig, build_model
+from smoothrot.compiler.targets.trt.build import build_model
 from smoothrot.core.errors import SmoothrotError
 from smoothrot.core.tensorrt import load_trt
 from tests.compiler.test_build import SMALL, _compile

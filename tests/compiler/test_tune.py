@@ -8,10 +8,11 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from smoothrot.compiler.compile import CompileConfig, compile_model
+from smoothrot.compiler.compile import compile_model
+from smoothrot.compiler.config import CompileConfig, TuneConfig
 from smoothrot.compiler.recipes import Recipe
 from smoothrot.compiler.runtime.ort_runner import OrtDecoder
-from smoothrot.compiler.tune.bisup import TuneConfig, _tuned_constants
+from smoothrot.compiler.tune.bisup import _tuned_constants
 from smoothrot.core.manifest import load_manifest
 from smoothrot.passes._graph import ACT_QUANT_MARK
 from smoothrot.passes.model_map import build_model_map

@@ -6,22 +6,19 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from smoothrot.compiler.calibrate.statistics import CalibrationConfig, calibrate_dir
-from smoothrot.compiler.compile import (
-    CompileConfig,
-    Recipe,
-    Transform,
-    compile_model,
-    exact_passes,
-    layer_lookup,
-)
-from smoothrot.compiler.config import EvalConfig
+from smoothrot.compiler.calibrate.statistics import calibrate_dir
+from smoothrot.compiler.calibrate.store import StatisticsLookup
+from smoothrot.compiler.compile import compile_model
+from smoothrot.compiler.config import CalibrationConfig, CompileConfig, EvalConfig
 from smoothrot.compiler.measure.evaluate import evaluate_dir
 from smoothrot.compiler.modeldir.model_dir import save_model
+from smoothrot.compiler.pipelines import exact_steps
+from smoothrot.compiler.recipes import Recipe, Transform
 from smoothrot.compiler.runtime.ort_runner import OrtDecoder
 from smoothrot.core.manifest import load_manifest
+from smoothrot.core.pass_infra import PassPreconditionError
 from smoothrot.passes.fold_norm import FoldNormGammaPass
-from smoothrot.passes.model_map import ModelMapError, build_model_map
+from smoothrot.passes.model_map import build_model_map
 from smoothrot.passes.online_rotation import ROTATION_MARK, OnlineRotationPass
 from smoothrot.passes.residual_rotation import ResidualRotationPass
 from smoothrot.passes.smooth import SmoothConfig, SmoothPass
@@ -40,7 +37,7 @@ def tiny_absmax(tiny_export, tmp_path_factory):
             calibrate_dir(
                 tiny_export(arch), CalibrationConfig(64, 32, hessian=False), out, progress=False
             )
-            made[arch] = layer_lookup(out, load_manifest(tiny_export(arch)), "absmax")
+            made[arch] = StatisticsLookup(out, load_manifest(tiny_export(arch)), "absmax")
         return made[arch]
 
     return get
@@ -148,7 +145,7 @@ def test_residual_rotation(tiny_export, tmp_path, arch):
 
 def test_residual_rotation_refuses_unfolded_norms(tiny_export):
     dims = load_manifest(tiny_export("llama")).dims
-    with pytest.raises(ModelMapError, match="needs folded norms"):
+    with pytest.raises(PassPreconditionError, match="needs folded norms .* fold_norm_gamma"):
         ResidualRotationPass(dims)(ir.load(tiny_export("llama") / "model.onnx"))
 
 
@@ -160,7 +157,7 @@ def test_every_transform_of_the_pipeline_is_exact(
     """The exact stage each quantized recipe can use, pass list taken from the pipeline itself."""
     src = tiny_export(arch)
     manifest = load_manifest(src)
-    passes = [p for _, p in exact_passes(transform, manifest, tiny_absmax(arch))]
+    passes = exact_steps(transform, manifest.dims, tiny_absmax(arch), 0.5, 0)
     _, modified, ours = _apply(src, tmp_path, passes)
     assert all(modified) and len(modified) == {"none": 0, "smooth": 1}.get(
         transform.value, len(modified)

@@ -18,9 +18,9 @@ def test_attention_becomes_one_node_per_layer_with_the_same_logits(tiny_export, 
     model = ir.load(src / "model.onnx")
     before = [n.op_type for n in model.graph]
     lowering = LowerAttentionPass()
-    lowering(model)
+    result = lowering(model)
     ops = [n.op_type for n in model.graph]
-    assert lowering.lowered == 2 and not lowering.skipped
+    assert result.modified and result.details == {"lowered": 2, "skipped": {}}
     assert ops.count(OP_TYPE_ATTENTION) == 2
     assert not {"Softmax", "IsNaN"} & set(ops)
     assert ops.count("Expand") == before.count("Expand") - 2 * 2  # the K and V head repeats
@@ -28,9 +28,8 @@ def test_attention_becomes_one_node_per_layer_with_the_same_logits(tiny_export, 
     ref = teacher_forced_logits(OrtDecoder(src), IDS, decode_steps=8)
     got = teacher_forced_logits(OrtDecoder(_save(model, src, tmp_path / "low")), IDS, 8)
     assert np.abs(got - ref).max() < 1e-4 * np.abs(ref).max()
-    again = LowerAttentionPass()
-    again(model)
-    assert again.lowered == 0 and not again.skipped  # no Softmax left
+    again = lowering(model)  # the same instance: no Softmax left, nothing remembered
+    assert not again.modified and again.details == {"lowered": 0, "skipped": {}}
 
 
 def test_attention_that_is_not_the_pattern_is_named_and_kept(tiny_export):
@@ -41,9 +40,8 @@ def test_attention_that_is_not_the_pattern_is_named_and_kept(tiny_export):
         if n.op_type == "Transpose" and n.attributes["perm"].as_ints() == (0, 2, 1)
     )
     transpose.attributes["perm"] = ir.AttrInt64s("perm", [1, 0, 2])  # not a K transpose
-    lowering = LowerAttentionPass()
-    lowering(model)
-    assert lowering.lowered == 1 and len(lowering.skipped) == 1
-    (why,) = lowering.skipped.values()
+    details = LowerAttentionPass()(model).details
+    assert details["lowered"] == 1 and len(details["skipped"]) == 1
+    (why,) = details["skipped"].values()
     assert why == "K is not transposed by perm [0, 2, 1]"
     assert sum(n.op_type == "Softmax" for n in model.graph) == 1

@@ -120,14 +120,16 @@ def test_tiny_model_lowering_is_exact_at_level_0(tiny_qdq, tmp_path, mode, per_i
     qdq_dir = _save(models[mode], src, tmp_path / "qdq")
     lowered = ir.load(qdq_dir / "model.onnx")
     lowering = LowerToMatMulNBitsPass(0, per_ic, per_oc)
-    lowering(lowered)
-    assert len(lowering.lowered) == 2 * 7 and not lowering.skipped
-    assert {layer.grouping for layer in lowering.lowered} == {mode.value}
+    details = lowering(lowered).details
+    assert len(details["lowered"]) == 2 * 7 and not details["skipped"]
+    assert {layer.grouping for layer in details["lowered"]} == {mode.value}
+    again = lowering(lowered)  # the same instance again: nothing left, nothing remembered
+    assert not again.modified and again.details == {"lowered": [], "skipped": {}}
     ops = [n.op_type for n in lowered.graph]
     assert "DequantizeLinear" not in ops
     got_counts = tuple(ops.count(op) for op in KERNEL_OPS)
     if counts is None:  # our per-OC op where K's group is a multiple of 64, MatMulNBits elsewhere
-        ours = [layer for layer in lowering.lowered if layer.group % 64 == 0]
+        ours = [layer for layer in details["lowered"] if layer.group % 64 == 0]
         assert 0 < len(ours) < 14 and got_counts == (14 - len(ours), 0, len(ours))
     else:
         assert got_counts == counts
@@ -143,10 +145,9 @@ def test_non_pattern_dequantize_is_reported_and_kept(tiny_qdq):
     model = ir.serde.deserialize_model(ir.serde.serialize_model(models[GroupingMode.PER_OC]))
     dq = next(n for n in model.graph if n.op_type == "DequantizeLinear")
     dq.attributes["block_size"] = ir.AttrInt64("block_size", 5)  # not a blocking of the scale
-    lowering = LowerToMatMulNBitsPass(4)
-    lowering(model)
-    assert len(lowering.lowered) == 13 and len(lowering.skipped) == 1
-    assert "block_size 5" in next(iter(lowering.skipped.values()))
+    details = LowerToMatMulNBitsPass(4)(model).details
+    assert len(details["lowered"]) == 13 and len(details["skipped"]) == 1
+    assert "block_size 5" in next(iter(details["skipped"].values()))
     assert sum(n.op_type == "DequantizeLinear" for n in model.graph) == 1
 
 
@@ -154,8 +155,8 @@ def test_norm_div_rewrite_keeps_logits(tiny_export, tmp_path):
     src = tiny_export("llama")
     model = ir.load(src / "model.onnx")
     rewrite = NormDivPass()
-    rewrite(model)
-    assert rewrite.rewritten == 2 * 2 + 1  # two norms per layer + the final norm
+    assert rewrite(model).details["rewritten"] == 2 * 2 + 1  # two norms per layer + final norm
+    assert not rewrite(model).modified  # idempotent: no Reciprocal left
     assert not any(n.op_type == "Reciprocal" for n in model.graph)
     ref, _ = OrtDecoder(src).forward(IDS)
     got, _ = OrtDecoder(_save(model, src, tmp_path / "div")).forward(IDS)

@@ -32,14 +32,13 @@ def test_rotations_become_one_node_each_with_the_same_logits(rotated, tmp_path):
     sites = _marked(model).count("Reshape") // 2
     assert sites >= 2 * 4  # q/k/v, o_proj, gate/up and down_proj inputs in each of 2 layers
     lowering = LowerRotationPass()
-    lowering(model)
-    assert lowering.lowered == sites and not lowering.skipped
+    result = lowering(model)
+    assert result.details == {"lowered": sites, "skipped": {}} and result.modified
     assert _marked(model) == [OP_TYPE_ROTATION] * sites  # the marks move to the new node
     used = {v.name for n in model.graph for v in n.inputs if v is not None}
     assert set(model.graph.initializers) <= used  # the four-node form's constants are gone
-    again = LowerRotationPass()
-    again(model)
-    assert again.lowered == 0 and not again.skipped  # nothing left to lower
+    again = lowering(model)  # the same instance: it kept nothing from the first call
+    assert not again.modified and again.details == {"lowered": 0, "skipped": {}}
     ref, _ = OrtDecoder(rot_dir).forward(IDS)
     got, _ = OrtDecoder(_save(model, src, tmp_path / "low")).forward(IDS)
     assert np.abs(got - ref).max() < 1e-4 * np.abs(ref).max()
@@ -55,8 +54,7 @@ def test_a_rotation_that_is_not_our_pattern_is_named_and_kept(rotated):
     b = mm_b.inputs[1]
     set_constant(b, constant_array(b)[::-1].copy())  # an orthogonal B, but not Sylvester's
     start = mm_b.inputs[0].producer()
-    lowering = LowerRotationPass()
-    lowering(model)
-    assert lowering.lowered == sites - 1
-    assert lowering.skipped == {start.name: "B is not a normalized Sylvester Hadamard matrix"}
+    details = LowerRotationPass()(model).details
+    assert details["lowered"] == sites - 1
+    assert details["skipped"] == {start.name: "B is not a normalized Sylvester Hadamard matrix"}
     assert start in list(model.graph)

@@ -58,8 +58,8 @@ def test_gemm_layer_becomes_one_plugin_node(op, grouping):
     model = gemm_layer(op, 96, 64, grouping, 32)
     q, scale = _int4_weight(model)
     want = _ort(model, X)
-    lowering = LowerToTrtPluginsPass()
-    assert lowering(model).modified and not lowering.skipped
+    result = LowerToTrtPluginsPass()(model)
+    assert result.modified and not result.details["skipped"]
     [node] = list(model.graph)
     assert (node.op_type, node.domain, node.name) == (op.value, NAMESPACE, "matmul")
     per_ic = int(grouping is Grouping.PER_IC)
@@ -88,8 +88,8 @@ def test_rotation_becomes_one_plugin_node():
     at = constant_array(model.graph.initializers["rot.at"])
     b = constant_array(model.graph.initializers["rot.b"])
     want = _ort(model, X)
-    lowering = LowerToTrtPluginsPass()
-    assert lowering(model).modified and not lowering.skipped
+    result = LowerToTrtPluginsPass()(model)
+    assert result.modified and not result.details["skipped"]
     [node] = list(model.graph)
     assert (node.op_type, node.domain, node.name) == ("kron_hadamard", NAMESPACE, "rot")
     assert _attributes(node) == {"plugin_namespace": "smoothrot", "aot": 1, "m": 12, "p": 8}
@@ -102,16 +102,17 @@ def test_rotation_becomes_one_plugin_node():
 
 def test_plain_matmul_is_not_touched_and_lowering_is_idempotent():
     model = gemm_layer(W4A16, 96, 64, Grouping.PER_OC, 32)
-    LowerToTrtPluginsPass()(model)
-    again = LowerToTrtPluginsPass()
-    assert not again(model).modified and not again.lowered and not again.skipped
+    lowering = LowerToTrtPluginsPass()
+    lowering(model)
+    again = lowering(model)  # the same instance again
+    assert not again.modified and again.details == {"lowered": [], "skipped": {}}
     graph = model.graph
     w = new_initializer(graph, "dense", np.eye(64, dtype=np.float32))
     mm = ir.node("MatMul", [graph.outputs[0], w], name="dense_matmul")
     graph.append(mm)
     graph.outputs[0] = mm.outputs[0]
-    fp = LowerToTrtPluginsPass()
-    assert not fp(model).modified and not fp.skipped
+    fp = LowerToTrtPluginsPass()(model)
+    assert not fp.modified and not fp.details["skipped"]
     assert [n.op_type for n in graph] == ["w4a16_gemm", "MatMul"]
 
 
@@ -133,9 +134,9 @@ def _second_matmul(model: ir.Model, zero_point: bool) -> None:
 def test_shared_activation_qdq_stays_while_a_matmul_still_reads_it():
     model = gemm_layer(W4A8, 96, 64, Grouping.PER_OC, 32)
     _second_matmul(model, zero_point=True)
-    lowering = LowerToTrtPluginsPass()
-    assert lowering(model).modified
-    assert lowering.skipped == {"matmul2": "has a zero point"}
+    result = LowerToTrtPluginsPass()(model)
+    assert result.modified
+    assert result.details["skipped"] == {"matmul2": "has a zero point"}
     ops = [n.op_type for n in model.graph]
     assert ops.count("w4a8_gemm") == 1 and ops.count("MatMul") == 1
     assert sum(bool(n.metadata_props.get(ACT_QUANT_MARK)) for n in model.graph) == 6  # kept
@@ -169,9 +170,10 @@ def test_unmatched_patterns_are_reported_by_name_and_left_alone():
     ]
     for model, name, reason in cases:
         before = [n.op_type for n in model.graph]
-        lowering = LowerToTrtPluginsPass()
-        assert not lowering(model).modified
-        assert list(lowering.skipped) == [name] and reason in lowering.skipped[name]
+        result = LowerToTrtPluginsPass()(model)
+        skipped = result.details["skipped"]
+        assert not result.modified
+        assert list(skipped) == [name] and reason in skipped[name]
         assert [n.op_type for n in model.graph] == before
 
 
@@ -196,9 +198,9 @@ def tiny_w4a8(tiny_export):
 def test_tiny_model_every_plugin_node_computes_what_it_replaced(tiny_w4a8, tmp_path):
     src, build = tiny_w4a8
     qdq, lowered = build(), build()
-    lowering = LowerToTrtPluginsPass()
-    assert lowering(lowered).modified and not lowering.skipped
-    assert Counter(p.plugin for p in lowering.lowered) == {W4A8: 2 * 7, KRON: 2 * 4}
+    result = LowerToTrtPluginsPass()(lowered)
+    assert result.modified and not result.details["skipped"]
+    assert Counter(p.plugin for p in result.details["lowered"]) == {W4A8: 2 * 7, KRON: 2 * 4}
     ops = Counter(n.op_type for n in lowered.graph)
     assert ops["w4a8_gemm"] == 14 and ops["kron_hadamard"] == 8
     assert not {"DequantizeLinear", "QuantizeLinear"} & set(ops)

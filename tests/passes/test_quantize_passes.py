@@ -8,17 +8,19 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from smoothrot.compiler.calibrate.statistics import CalibrationConfig, calibrate_dir
-from smoothrot.compiler.compile import layer_lookup
+from smoothrot.compiler.calibrate.statistics import calibrate_dir
+from smoothrot.compiler.calibrate.store import StatisticsLookup
+from smoothrot.compiler.config import CalibrationConfig
 from smoothrot.compiler.modeldir.model_dir import save_model
 from smoothrot.compiler.runtime.ort_runner import OrtDecoder
 from smoothrot.core.hadamard import rotation_factors
 from smoothrot.core.int4 import Grouping
 from smoothrot.core.manifest import load_manifest
+from smoothrot.core.pass_infra import PassPreconditionError
 from smoothrot.core.qdq import QuantBits, dynamic_qdq_reference
 from smoothrot.passes._qdq import dynamic_qdq
 from smoothrot.passes.fold_norm import FoldNormGammaPass
-from smoothrot.passes.model_map import ModelMapError, build_model_map
+from smoothrot.passes.model_map import build_model_map
 from smoothrot.passes.quantize_activations import ActQuantConfig, ActQuantPass
 from smoothrot.passes.quantize_kv import KV_PREFIX_INPUT, KVQuantConfig, KVQuantPass
 from smoothrot.passes.quantize_weights import (
@@ -39,7 +41,7 @@ def llama(tiny_export, tmp_path_factory):
     cal = tmp_path_factory.mktemp("cal-q") / "c"
     calibrate_dir(src, CalibrationConfig(128, 32, hessian=True), cal, progress=False)
     manifest = load_manifest(src)
-    return src, manifest, layer_lookup(cal, manifest, "hessian")
+    return src, manifest, StatisticsLookup(cal, manifest, "hessian")
 
 
 def _save_and_run(model: ir.Model, src, tmp_path) -> OrtDecoder:
@@ -62,11 +64,12 @@ def test_weight_pass_stores_the_reference_quantizer_output(llama, tmp_path):
     mm = build_model_map(model, manifest.dims).require()
     originals = {lin.name: lin.weight.const_value.numpy().copy() for lin in mm.linears()}
     p = WeightQuantPass(manifest.dims, hessian, config)
-    assert p(model).modified
+    result = p(model)
+    assert result.modified
     mm = build_model_map(model, manifest.dims).require()  # still recognized after quantization
     assert mm.lm_head.dequantize is None  # lm_head kept in fp32 by default
     layers = [lin for layer in mm.layers for lin in layer.linears()]
-    assert len(layers) == len(p.results) == 14
+    assert len(layers) == len(result.details["layers"]) == 14
     for lin in layers:
         dq = lin.dequantize
         assert dq is not None and dq.attributes.get_int("axis") == 1
@@ -76,8 +79,9 @@ def test_weight_pass_stores_the_reference_quantizer_output(llama, tmp_path):
         np.testing.assert_array_equal(q_init.const_value.numpy().astype(np.int8), ref.q)
         np.testing.assert_array_equal(scale_init.const_value.numpy(), ref.scale)
         assert dq.attributes.get_int("block_size") == ref.block
-    assert not p(model).modified  # idempotent
-    with pytest.raises(ModelMapError, match="already quantized"):
+    again = p(model)  # idempotent: every layer is INT4 already; nothing carried over
+    assert not again.modified and again.details["layers"] == []
+    with pytest.raises(PassPreconditionError, match="fold_norm_gamma needs float weights"):
         FoldNormGammaPass(manifest.dims)(model)
     logits = _save_and_run(model, src, tmp_path).forward(IDS)[0]
     ref_logits = OrtDecoder(src).forward(IDS)[0]
@@ -88,8 +92,7 @@ def test_adadim_keeps_the_grouping_with_the_smaller_error(llama):
     src, manifest, hessian = llama
     model = ir.load(src / "model.onnx")
     p = WeightQuantPass(manifest.dims, hessian, WeightQuantConfig(GroupingMode.ADADIM, 32))
-    p(model)
-    for r in p.results:
+    for r in p(model).details["layers"]:
         assert set(r.errors) == {"per-oc", "per-ic"}
         assert r.errors[r.grouping] == min(r.errors.values())
         assert np.isfinite(r.snr_db) and r.snr_db > 5

@@ -10,6 +10,7 @@ import pytest
 from smoothrot.compiler.modeldir.model_dir import save_model
 from smoothrot.compiler.runtime.ort_runner import OrtDecoder
 from smoothrot.core.manifest import load_manifest
+from smoothrot.core.pass_infra import PassPreconditionError
 from smoothrot.core.qdq import QuantBits, dynamic_qdq_reference
 from smoothrot.passes._qdq import dynamic_qdq
 from smoothrot.passes.model_map import ModelMapError
@@ -43,9 +44,11 @@ def test_runtime_scaled_qdq_becomes_exact_arithmetic(bits):
     model = _qdq_model(bits)
     want = _run(model, x)
     rewrite = TrtActivationQdqPass()
-    rewrite(model)
+    result = rewrite(model)
     ops = [n.op_type for n in model.graph]
-    assert rewrite.rewritten == ["t.quantize"] and "QuantizeLinear" not in ops
+    assert result.details["rewritten"] == ["t.quantize"] and "QuantizeLinear" not in ops
+    again = rewrite(model)  # idempotent: nothing left to rewrite
+    assert not again.modified and again.details["rewritten"] == []
     assert {"Div", "Round", "Clip", "Mul"} <= set(ops)
     np.testing.assert_array_equal(_run(model, x), want)
     np.testing.assert_array_equal(want, dynamic_qdq_reference(x, bits))
@@ -74,10 +77,12 @@ def test_fp16_keeps_norm_statistics_and_rotary_in_fp32(tiny_export, tmp_path):
     src = tiny_export("llama")
     model = ir.load(src / "model.onnx")
     half = Fp16Pass(load_manifest(src).dims)
-    half(model)
+    details = half(model).details
     graph = model.graph
-    assert half.island_nodes >= 5 * (2 * 2 + 1) + 3  # 5 nodes per norm + the rotary path
-    assert half.saturated >= 1  # the attention mask's finfo(float32).min
+    assert details["island_nodes"] >= 5 * (2 * 2 + 1) + 3  # 5 nodes per norm + the rotary path
+    assert details["saturated"] >= 1  # the attention mask's finfo(float32).min
+    with pytest.raises(PassPreconditionError, match="to_fp16 needs a float32 graph"):
+        half(model)  # its own output is fp16: refused, not converted twice
     for pow_ in (n for n in graph if n.op_type == "Pow"):
         cast = pow_.inputs[0].producer()
         assert cast.op_type == "Cast" and cast.attributes.get_int("to") == 1

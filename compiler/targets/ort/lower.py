@@ -32,61 +32,45 @@ from typing import Any
 
 import onnx_ir as ir
 
+from smoothrot.compiler.config import LowerConfig
 from smoothrot.compiler.measure.probes import logits_probe, model_bytes, perplexity_pair
 from smoothrot.compiler.modeldir.model_dir import write_model_dir
 from smoothrot.compiler.modeldir.outdir import atomic_output_dir, check_output_dir
+from smoothrot.compiler.pipelines import lower_pipeline
 from smoothrot.compiler.reports.compile_report import jsonable
+from smoothrot.compiler.reports.lowering_report import lowering_markdown
 from smoothrot.core.errors import SmoothrotError
 from smoothrot.core.manifest import load_manifest
+from smoothrot.core.pass_infra import PipelineResult
 from smoothrot.ortops.library import library_path
 from smoothrot.ortops.spec import OP_TYPE_ATTENTION, OP_TYPE_ROTATION
 from smoothrot.ortops.spec import OP_TYPE_PER_IC as PER_IC_OP
 from smoothrot.ortops.spec import OP_TYPE_PER_OC as PER_OC_OP
-from smoothrot.passes.lower_attention import AttentionKernel, LowerAttentionPass
-from smoothrot.passes.lower_ort import (
-    KERNEL_OPS,
-    LowerToMatMulNBitsPass,
-    PerIcKernel,
-    PerOcKernel,
-)
-from smoothrot.passes.lower_rotation import LowerRotationPass, RotationKernel
-from smoothrot.passes.norm_div import NormDivPass
+from smoothrot.passes.lower_ort import KERNEL_OPS
 
-__all__ = ["DEFAULT_ACCURACY_LEVEL", "LowerConfig", "lower_model"]
+__all__ = ["lower_model"]
 
-# Level 4 (int8 activations per block inside MatMulNBits) is the fast CPU path: on this
-# project's 2-core AVX2 machine level 0 is slower than fp32 for the default model's layer shapes
-# (tools/bench_layer.py). Its quality is measured in every lowering report.
-DEFAULT_ACCURACY_LEVEL = 4
 # The probes decode the last tokens one by one: the KV-cache path of the attention op is checked.
 PROBE_DECODE_STEPS = 32
 COMPILE_REPORT_FILES = ("report.json", "report.md", "report_layers.png")
 
 
 @dataclass(frozen=True)
-class LowerConfig:
-    accuracy_level: int = DEFAULT_ACCURACY_LEVEL
-    evaluate: bool = True  # perplexity of the QDQ and the lowered model in the report
-    per_ic: PerIcKernel = PerIcKernel.ORTOPS
-    per_oc: PerOcKernel = PerOcKernel.ORTOPS
-    rotation: RotationKernel = RotationKernel.ORTOPS
-    attention: AttentionKernel = AttentionKernel.ORTOPS
-
-    def __post_init__(self) -> None:
-        if self.accuracy_level not in (0, 1, 2, 3, 4):
-            raise ValueError(f"accuracy level must be 0..4, got {self.accuracy_level}")
-        PerIcKernel(self.per_ic)
-        PerOcKernel(self.per_oc)
-        RotationKernel(self.rotation)
-        AttentionKernel(self.attention)
-
-
-@dataclass
 class _Lowering:
     model: ir.Model
-    layers: LowerToMatMulNBitsPass
-    rotations: LowerRotationPass
-    attention: LowerAttentionPass
+    result: PipelineResult
+
+    @property
+    def layers(self) -> dict[str, Any]:
+        return {"lowered": [], "skipped": {}, **self.result.details("lower_int4")}
+
+    @property
+    def rotations(self) -> dict[str, Any]:
+        return {"lowered": 0, "skipped": {}, **self.result.details("lower_rotation")}
+
+    @property
+    def attention(self) -> dict[str, Any]:
+        return {"lowered": 0, "skipped": {}, **self.result.details("lower_attention")}
 
 
 def _lowered_graph(source: Path, config: LowerConfig) -> _Lowering:
@@ -95,20 +79,12 @@ def _lowered_graph(source: Path, config: LowerConfig) -> _Lowering:
     done = {n.op_type for n in model.graph} & {*KERNEL_OPS, OP_TYPE_ROTATION, OP_TYPE_ATTENTION}
     if done:
         raise SmoothrotError(f"{source} is already lowered (it has {sorted(done)} nodes)")
-    lowering = LowerToMatMulNBitsPass(config.accuracy_level, config.per_ic, config.per_oc)
-    lowering(model)
-    rotations = LowerRotationPass()
-    if config.rotation is RotationKernel.ORTOPS:
-        rotations(model)
-    attention = LowerAttentionPass()
-    if config.attention is AttentionKernel.ORTOPS:
-        attention(model)
-    NormDivPass()(model)
-    if not lowering.lowered:
+    lowered = _Lowering(model, lower_pipeline(config)(model))
+    if not lowered.layers["lowered"]:
         raise SmoothrotError(
             f"{source} has no INT4 QDQ MatMul to lower; compile a w4* recipe first"
         )
-    return _Lowering(model, lowering, rotations, attention)
+    return lowered
 
 
 def _exactness(
@@ -131,76 +107,38 @@ def _report(
     stage: dict[str, Any],
 ) -> dict[str, Any]:
     lowering = lowered.layers
-    counts = Counter(layer.grouping for layer in lowering.lowered)
+    counts = Counter(layer.grouping for layer in lowering["lowered"])
     report: dict[str, Any] = {
         "accuracy_level": config.accuracy_level,
         "per_ic_kernel": str(config.per_ic),
         "per_oc_kernel": str(config.per_oc),
         "rotation_kernel": str(config.rotation),
         "rotations": {
-            "lowered": lowered.rotations.lowered,
-            "left_as_matmuls": lowered.rotations.skipped,
+            "lowered": lowered.rotations["lowered"],
+            "left_as_matmuls": lowered.rotations["skipped"],
         },
         "attention_kernel": str(config.attention),
         "attention": {
-            "lowered": lowered.attention.lowered,
-            "left_as_exported": lowered.attention.skipped,
+            "lowered": lowered.attention["lowered"],
+            "left_as_exported": lowered.attention["skipped"],
         },
         "layers": {
-            "lowered": len(lowering.lowered),
+            "lowered": len(lowering["lowered"]),
             "by_grouping": dict(counts),
             "kernel_nodes": stage["kernel_nodes"],
-            "block_sizes": dict(Counter(layer.block_size for layer in lowering.lowered)),
-            "left_as_qdq": lowering.skipped,
+            "block_sizes": dict(Counter(layer.block_size for layer in lowering["lowered"])),
+            "left_as_qdq": lowering["skipped"],
         },
         "exactness_level0": _exactness(source, work, config, stage),
         "shipped_vs_qdq": logits_probe(source, out, decode_steps=PROBE_DECODE_STEPS),
         "size_bytes": {"qdq": model_bytes(source), "lowered": model_bytes(out)},
-        "per_layer": jsonable(lowering.lowered),
+        "per_layer": jsonable(lowering["lowered"]),
     }
     if config.evaluate:  # the lowered graph's nodes carry the shipped level themselves
         report["perplexity"] = perplexity_pair(source, out, ("qdq_level0", "lowered"))
     (out / "lowering.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "lowering.md").write_text(_markdown(report))
+    (out / "lowering.md").write_text(lowering_markdown(report))
     return report
-
-
-def _markdown(r: dict[str, Any]) -> str:
-    ex, sh, lay, rot = r["exactness_level0"], r["shipped_vs_qdq"], r["layers"], r["rotations"]
-    lines = [
-        f"# smoothrot lowering report: ONNX Runtime CPU, accuracy level {r['accuracy_level']}",
-        "",
-        f"Lowered {lay['lowered']} INT4 layers ({lay['by_grouping']}) into kernel nodes "
-        f"{lay['kernel_nodes']} (MatMulNBits block sizes {lay['block_sizes']}; per-IC kernel "
-        f"`{r['per_ic_kernel']}`, per-OC kernel `{r['per_oc_kernel']}`).",
-        f"Left as QDQ: {lay['left_as_qdq'] or 'none'}.",
-        f"Online rotations as one `KroneckerRotation` node each: {rot['lowered']} (rotation "
-        f"kernel `{r['rotation_kernel']}`; left as four nodes: "
-        f"{rot['left_as_matmuls'] or 'none'}).",
-        f"Attention layers as one `GroupedAttention` node each: {r['attention']['lowered']} "
-        f"(attention kernel `{r['attention_kernel']}`; left as exported: "
-        f"{r['attention']['left_as_exported'] or 'none'}).",
-        "",
-        "| check (logits on {} tokens, the last {} decoded with the KV cache, vs the QDQ model) "
-        "| max abs diff | SNR dB | top-1 |".format(ex["tokens"], ex["decode_steps"]),
-        "|---|---|---|---|",
-        f"| lowering at level 0 (exactness) | {ex['max_abs_logit_diff']:.3g} | "
-        f"{ex['logit_snr_db']:.1f} | {ex['top1_agreement']:.1%} |",
-        f"| shipped, level {r['accuracy_level']} | {sh['max_abs_logit_diff']:.3g} | "
-        f"{sh['logit_snr_db']:.1f} | {sh['top1_agreement']:.1%} |",
-        "",
-    ]
-    if "perplexity" in r:
-        p = r["perplexity"]
-        lines += [
-            f"Perplexity ({p['tokens']} tokens of the {p['text']}): QDQ model (level 0) "
-            f"{p['qdq_level0']:.3f}, lowered (level {r['accuracy_level']}) {p['lowered']:.3f}, "
-            f"ratio {p['ratio']:.4f}.",
-            "",
-        ]
-    size = r["size_bytes"]
-    lines.append(f"Model on disk: {size['qdq'] / 1e6:.1f} MB → {size['lowered'] / 1e6:.1f} MB.")
-    return "\n".join(lines) + "\n"
 
 
 def lower_model(source: Path, out: Path, config: LowerConfig = LowerConfig()) -> dict[str, Any]:
@@ -214,8 +152,8 @@ def lower_model(source: Path, out: Path, config: LowerConfig = LowerConfig()) ->
     kernels = dict(Counter(n.op_type for n in model.graph if n.op_type in KERNEL_OPS))
     if (
         set(kernels) & {PER_IC_OP, PER_OC_OP}
-        or lowered.rotations.lowered
-        or lowered.attention.lowered
+        or lowered.rotations["lowered"]
+        or lowered.attention["lowered"]
     ):
         library_path(build=True)  # fails here, in one line, if this machine cannot build it
     stage = {
@@ -225,11 +163,11 @@ def lower_model(source: Path, out: Path, config: LowerConfig = LowerConfig()) ->
         "per_ic_kernel": str(config.per_ic),
         "per_oc_kernel": str(config.per_oc),
         "rotation_kernel": str(config.rotation),
-        "rotations_lowered": lowered.rotations.lowered,
+        "rotations_lowered": lowered.rotations["lowered"],
         "attention_kernel": str(config.attention),
-        "attention_lowered": lowered.attention.lowered,
+        "attention_lowered": lowered.attention["lowered"],
         "kernel_nodes": kernels,
-        "lowered": len(lowering.lowered),
+        "lowered": len(lowering["lowered"]),
     }
     manifest = load_manifest(source)
     with atomic_output_dir(out) as tmp, tempfile.TemporaryDirectory(dir=tmp.parent) as work:

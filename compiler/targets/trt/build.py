@@ -24,56 +24,34 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import onnx_ir as ir
 
+from smoothrot.compiler.config import BuildConfig, check_plugin_backend
 from smoothrot.compiler.measure.probes import logits_probe, model_bytes, perplexity_pair
 from smoothrot.compiler.modeldir.model_dir import write_model_dir
 from smoothrot.compiler.modeldir.outdir import atomic_output_dir, check_output_dir
+from smoothrot.compiler.pipelines import build_pipeline
 from smoothrot.compiler.reports.build_report import build_markdown, greedy_agreement
 from smoothrot.compiler.targets.ort.lower import COMPILE_REPORT_FILES
-from smoothrot.compiler.targets.trt.engine import (
-    EngineConfig,
-    build_engine,
-    check_engine_header,
-    trtexec_command,
-)
+from smoothrot.compiler.targets.trt.engine import build_engine, check_engine_header, trtexec_command
 from smoothrot.core.errors import SmoothrotError
 from smoothrot.core.manifest import load_manifest
-from smoothrot.core.tensorrt import ENGINE_FILE, TrtBackend, load_trt
+from smoothrot.core.tensorrt import ENGINE_FILE, load_trt
 from smoothrot.ortops.spec import DOMAIN as ORTOPS_DOMAIN
 from smoothrot.passes.lower_ort import MS_DOMAIN
-from smoothrot.passes.lower_trt_plugins import LowerToTrtPluginsPass
-from smoothrot.passes.to_fp16 import Fp16Pass
-from smoothrot.passes.trt_act_quant import TrtActivationQdqPass
 from smoothrot.plugins.trt_spec import NAMESPACE as PLUGIN_NAMESPACE
 
-__all__ = ["BuildConfig", "build_model", "trt_graph"]
+__all__ = ["build_model", "trt_graph"]
 
 
 TRTEXEC_NOTE = (
     "The same engine from this directory's model.onnx, for a machine with TensorRT's trtexec "
     "(e.g. a Jetson: engines are not portable across GPUs or TensorRT versions)."
 )
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    backend: TrtBackend | None = None  # None: TensorRT if importable, else TensorRT-RTX
-    engine: EngineConfig = EngineConfig()
-    evaluate: bool = True  # perplexity of the shipped graph vs the QDQ graph (ONNX Runtime)
-    plugins: bool = False  # INT4 GEMMs / Hadamards as our TensorRT >= 10.9 plugins
-
-    def __post_init__(self) -> None:
-        check_plugin_backend(self.backend, self.plugins)
-
-
-def check_plugin_backend(backend: TrtBackend | None, plugins: bool) -> None:
-    if plugins and backend is TrtBackend.TENSORRT_RTX:
-        raise ValueError("TensorRT-RTX has no plugin API; --plugins needs TensorRT >= 10.9")
 
 
 def trt_graph(
@@ -91,22 +69,19 @@ def trt_graph(
             f"{source} is lowered for ONNX Runtime (MatMulNBits or smoothrot.ort nodes); build "
             "from the QDQ model that `smoothrot compile --target qdq` writes"
         )
+    result = build_pipeline(manifest.dims, fp16, plugins, (PLUGIN_NAMESPACE,))(model)
     info: dict[str, Any] = {}
     if plugins:
-        lowering = LowerToTrtPluginsPass()
-        lowering(model)
-        info["plugins"] = dict(Counter(p.plugin.value for p in lowering.lowered))
-        info["left_for_tensorrt"] = lowering.skipped
-    activation = TrtActivationQdqPass()
-    activation(model)
-    info["qdq_rewritten"] = len(activation.rewritten)
+        lowering = result.details("lower_trt_plugins")
+        info["plugins"] = dict(Counter(p.plugin.value for p in lowering["lowered"]))
+        info["left_for_tensorrt"] = lowering["skipped"]
+    info["qdq_rewritten"] = len(result.details("trt_activation_qdq")["rewritten"])
     if fp16:
-        half = Fp16Pass(manifest.dims, keep_fp32_domains=(PLUGIN_NAMESPACE,))
-        half(model)
+        half = result.details("to_fp16")
         info.update(
-            fp32_island_nodes=half.island_nodes,
-            saturated_constants=half.saturated,
-            raised_scalars=half.raised,
+            fp32_island_nodes=half["island_nodes"],
+            saturated_constants=half["saturated"],
+            raised_scalars=half["raised"],
         )
     int4 = [n for n in model.graph if n.op_type == "DequantizeLinear" and _int4(n)]
     info["int4_weights"] = {

@@ -13,42 +13,19 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from smoothrot.compiler.config import EngineConfig
 from smoothrot.core.errors import SmoothrotError
 from smoothrot.core.manifest import ModelDims
 from smoothrot.core.tensorrt import trt_logger
 
-__all__ = ["EngineConfig", "build_engine", "check_engine_header", "trtexec_command"]
+__all__ = ["build_engine", "check_engine_header", "trtexec_command"]
 
 log = logging.getLogger(__name__)
-# TensorRT-RTX ahead-of-time targets (its ComputeCapability enum); TensorRT has no such choice.
-RTX_COMPUTE_CAPABILITIES = (75, 80, 86, 89, 120, 121)
 _HEADER_FAULTS = ("MALFORMED_ENGINE", "VERSION_MISMATCH")
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    max_prompt: int = 512  # longest prefill (profile 0)
-    max_context: int = 2048  # longest cache + 1 (profile 1)
-    opt_prompt: int = 128
-    opt_context: int = 512
-    compute_capabilities: tuple[int, ...] = ()  # TensorRT-RTX targets; () = its default
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.opt_prompt <= self.max_prompt:
-            raise ValueError(f"need 1 <= opt prompt <= max prompt, got {self}")
-        if not 2 <= self.opt_context <= self.max_context:
-            raise ValueError(f"need 2 <= opt context <= max context, got {self}")
-        bad = [cc for cc in self.compute_capabilities if cc not in RTX_COMPUTE_CAPABILITIES]
-        if bad:
-            raise ValueError(
-                f"compute capability {bad[0]} is not a TensorRT-RTX target "
-                f"{list(RTX_COMPUTE_CAPABILITIES)}"
-            )
 
 
 def _profile_shapes(name: str, dims: ModelDims, c: EngineConfig) -> list[tuple]:

@@ -1,0 +1,116 @@
+"""What every smoothrot pass and pipeline shares: results that say what was done, precondition
+errors a user can read, and a pass manager that keeps each step's result.
+
+A pass keeps only its configuration on ``self``; everything it did (layers lowered, nodes left
+alone and why, counts) comes back in its :class:`PassReport`. A pipeline is a
+:class:`Pipeline`, an ``onnx_ir`` ``PassManager`` whose steps are named, timed and returned in
+order in a :class:`PipelineResult`, and whose errors are the passes' own (a user mistake stays a
+one-line ``ValueError``, never a wrapped ``PassError``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx_ir as ir
+
+from smoothrot.core.errors import SmoothrotError
+
+__all__ = [
+    "PassPreconditionError",
+    "PassReport",
+    "Pipeline",
+    "PipelineResult",
+    "StepResult",
+    "pass_name",
+]
+
+log = logging.getLogger("smoothrot.pipeline")
+
+
+@dataclass
+class PassReport(ir.passes.PassResult):
+    """``PassResult`` plus ``details``: what the pass did, for reports and callers."""
+
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class PassPreconditionError(ir.passes.PreconditionError, SmoothrotError):
+    """A pass's ``requires`` refused its input (the message says what is wrong and what to run
+    first). A ``ValueError`` too, so the command line prints it as one line."""
+
+
+def pass_name(p: ir.passes.PassBase) -> str:
+    """A pass's step name: its ``name`` attribute, else its class name."""
+    return getattr(p, "name", None) or type(p).__name__
+
+
+@dataclass(frozen=True)
+class StepResult:
+    name: str
+    seconds: float
+    result: ir.passes.PassResult
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return getattr(self.result, "details", {})
+
+    def stage_row(self) -> dict[str, Any]:
+        """The row a model directory's manifest records for this step."""
+        return {"stage": self.name, "seconds": round(self.seconds, 2), "modified": self.modified}
+
+    @property
+    def modified(self) -> bool:
+        return self.result.modified
+
+
+@dataclass
+class PipelineResult(ir.passes.PassResult):
+    steps: list[StepResult] = field(default_factory=list)
+
+    def step(self, name: str) -> StepResult | None:
+        """The last step called ``name``, or None if the pipeline had none."""
+        return next((s for s in reversed(self.steps) if s.name == name), None)
+
+    def details(self, name: str) -> dict[str, Any]:
+        step = self.step(name)
+        return step.details if step is not None else {}
+
+
+class Pipeline(ir.passes.PassManager):
+    """Named passes run once, in order; each step timed and kept in the result.
+
+    ``after_step(name, model)`` (optional) runs after every step, e.g. to save the graph.
+    Exceptions propagate unchanged: a pass that refuses bad input raises a ``ValueError`` that
+    reaches the command line as one line.
+    """
+
+    def __init__(
+        self,
+        passes: Sequence[ir.passes.PassBase],
+        after_step: Callable[[str, ir.Model], None] | None = None,
+    ) -> None:
+        super().__init__(passes, steps=1, early_stop=False)
+        self.after_step = after_step
+
+    @property
+    def names(self) -> list[str]:
+        return [pass_name(p) for p in self.passes]
+
+    def call(self, model: ir.Model) -> PipelineResult:
+        steps: list[StepResult] = []
+        for p in self.passes:
+            name = pass_name(p)
+            start = time.perf_counter()
+            result = p(model)
+            seconds = time.perf_counter() - start
+            log.info("%s in %.2fs", name, seconds)
+            model = result.model
+            steps.append(StepResult(name, seconds, result))
+            if self.after_step is not None:
+                self.after_step(name, model)
+        return PipelineResult(model, any(s.modified for s in steps), steps)
