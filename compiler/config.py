@@ -30,7 +30,9 @@ __all__ = [
     "EvalConfig",
     "ExportConfig",
     "LowerConfig",
+    "Recipe",
     "Target",
+    "Transform",
     "TuneConfig",
     "check_plugin_backend",
 ]

@@ -8,13 +8,16 @@ unchanged) with P = 0 and P = the prompt length (BiSup), set at run time.
 
     python -m smoothrot.tools.bench_quality -o out/bench_quality [--onnx out/smollm2-fp32]
 
-Prints a markdown table (perplexity, ratio to fp32, size) and writes results.json.
+Prints a markdown table (perplexity, ratio to fp32, size) and writes results.json;
+``--docs docs/quality.md`` also writes the tables as a page of ``docs/`` (with the run's
+environment, see ``bench_docs``) and the tuned w4a4 row's ``tune_loss.png`` beside it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -23,19 +26,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smoothrot.compiler.compile import CompileConfig, compile_model
-from smoothrot.compiler.config import EvalConfig, ExportConfig
+from smoothrot.compiler.compile import compile_model
+from smoothrot.compiler.config import CompileConfig, EvalConfig, ExportConfig, TuneConfig
 from smoothrot.compiler.export.exporter import export_model
 from smoothrot.compiler.measure.evaluate import evaluate_dir, system_prompt_ids
 from smoothrot.compiler.measure.probes import model_bytes
 from smoothrot.compiler.modeldir.sources import resolve_source
 from smoothrot.compiler.recipes import Recipe, Transform
 from smoothrot.compiler.runtime.ort_runner import load_tokenizer
-from smoothrot.compiler.tune.bisup import TuneConfig
 from smoothrot.passes.quantize_weights import Algorithm, GroupingMode, WeightQuantConfig
+from smoothrot.tools.bench_docs import command_line, write_doc
 from smoothrot.tools.peer_ort import PeerAlgorithm, PeerConfig, quantize_with_ort
 
-__all__ = ["ROWS", "Row", "main"]
+__all__ = ["ROWS", "Row", "docs_body", "main", "run", "write_docs"]
 
 
 @dataclass(frozen=True)
@@ -168,7 +171,9 @@ def run(
     rows: list[Row],
     eval_config: EvalConfig,
     cache: Path | None = None,
+    model_dirs: dict[str, Path] | None = None,
 ) -> list[dict]:
+    """Build and evaluate ``rows``; ``model_dirs``, if given, receives each row's model folder."""
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-quality-", dir=out))
     cache = cache or work / "cache"
@@ -179,12 +184,91 @@ def run(
     for i, row in enumerate(rows):
         t = time.perf_counter()
         model_dir = onnx_dir if row.build is None else row.build(onnx_dir, work / f"row{i}", cache)
+        if model_dirs is not None:
+            model_dirs[row.name] = model_dir
         result = _measure(row, model_dir, eval_config)
         result["build_seconds"] = round(time.perf_counter() - t - result["eval_seconds"], 1)
         results.append(result)
         print(json.dumps(result), file=sys.stderr, flush=True)
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     return results
+
+
+# Tuned rows: the untuned row they start from, and the name of their loss plot in docs/.
+TUNED = {
+    "ours w4a16 (recipe) + --tune (BiSup)": ("ours w4a16 (recipe: GPTQ AdaDim, rotate)", None),
+    "ours w4a4 (recipe) + --tune (BiSup)": (
+        "ours w4a4 (recipe: GPTQ AdaDim, hybrid-online)",
+        "tune_loss_w4a4.png",
+    ),
+}
+PROTOCOL = (
+    "One run, one export of the default model, every row evaluated by the same runner on the "
+    "same text and protocol (pydoc evaluation part, {windows} × {seq} tokens, accuracy level 0 "
+    "unless the row says otherwise). Symmetric INT4, group 128 (64 where 128 does not divide); "
+    "lm_head stays fp32 in every row, ours and the peer's. Calibration and `--tune` use the "
+    "calibration part of the text, disjoint from the evaluation part."
+)
+
+
+def _tune_seconds(model_dir: Path | None) -> float | None:
+    report = model_dir / "report.json" if model_dir else None
+    if report is None or not report.is_file():
+        return None
+    stages = json.loads(report.read_text()).get("stages", [])
+    return next((s["seconds"] for s in stages if s.get("stage") == "tune"), None)
+
+
+def _tune_table(results: list[dict[str, Any]], model_dirs: dict[str, Path]) -> str:
+    by = {r["row"]: r for r in results}
+    fp = results[0]["ppl"]
+    lines = [
+        "| row | perplexity | × fp32 | gap to fp32 closed by `--tune` "
+        "| tuning time (`tune` stage) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, (base, _) in TUNED.items():
+        if name not in by or base not in by:
+            continue
+        tuned, untuned = by[name]["ppl"], by[base]["ppl"]
+        closed = (untuned - tuned) / (untuned - fp) if untuned != fp else float("nan")
+        seconds = _tune_seconds(model_dirs.get(name))
+        lines.append(f"| {base} | {untuned:.3f} | {untuned / fp:.3f} | | |")
+        lines.append(
+            f"| {name} | {tuned:.3f} | {tuned / fp:.3f} | {closed:.1%} | "
+            f"{'' if seconds is None else f'{seconds:.0f} s'} |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def docs_body(
+    results: list[dict[str, Any]], eval_config: EvalConfig, model_dirs: dict[str, Path]
+) -> str:
+    """The page ``--docs`` writes: protocol, the quality table, the ``--tune`` table."""
+    parts = [PROTOCOL.format(windows=eval_config.windows, seq=eval_config.seq), _table(results)]
+    tune = _tune_table(results, model_dirs)
+    if tune:
+        parts += ["## BiSup tuning (`--tune`)", tune]
+    for name, (_, plot) in TUNED.items():
+        if plot and name in model_dirs and (model_dirs[name] / "tune_loss.png").is_file():
+            parts.append(f"![tuning loss, {name}]({plot})")
+    return "\n\n".join(parts)
+
+
+def write_docs(
+    path: Path,
+    command: str,
+    results: list[dict[str, Any]],
+    eval_config: EvalConfig,
+    model_dirs: dict[str, Path],
+) -> None:
+    """Write the ``--docs`` page, and each tuned row's loss plot next to it."""
+    for name, (_, plot) in TUNED.items():
+        source = model_dirs[name] / "tune_loss.png" if name in model_dirs else None
+        if plot and source and source.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, path.parent / plot)
+    write_doc(path, "Quality", command, docs_body(results, eval_config, model_dirs))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,11 +282,21 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="reuse calibration statistics of an earlier run (same export, same smoothrot sources)",
     )
+    parser.add_argument(
+        "--docs",
+        type=Path,
+        help="also write the tables as this Markdown page (e.g. docs/quality.md)",
+    )
     args = parser.parse_args(argv)
     rows = [ROWS[0]] + [r for r in ROWS[1:] if not args.only or any(s in r.name for s in args.only)]
-    results = run(args.output, args.onnx, rows, EvalConfig(windows=args.windows), args.cache)
+    eval_config = EvalConfig(windows=args.windows)
+    model_dirs: dict[str, Path] = {}
+    results = run(args.output, args.onnx, rows, eval_config, args.cache, model_dirs)
     table = _table(results)
     (args.output / "results.md").write_text(table + "\n")
+    if args.docs is not None:
+        command = command_line("smoothrot.tools.bench_quality", argv)
+        write_docs(args.docs, command, results, eval_config, model_dirs)
     print(table)
     return 0
 

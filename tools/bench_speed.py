@@ -1,4 +1,4 @@
-"""Decode speed on this machine, side by side, in one run: fp32 vs ONNX Runtime's quantizer vs ours.
+"""Decode speed on the CPU, side by side, in one run: fp32 vs ONNX Runtime's quantizer vs ours.
 
 Every model is built from the same fp32 export, lowered for ONNX Runtime where it is ours
 (``smoothrot lower``, accuracy level 4 unless ``--accuracy-level``), and benchmarked by
@@ -10,7 +10,9 @@ roofline, and the one-layer micro-benchmark of ``tools/bench_layer.py``::
 
 Rows built with RTN instead of GPTQ run exactly as fast as GPTQ ones (same format, same
 groupings); RTN only saves build time. Writes ``results.json``, ``results.md`` and
-``decode_speed.png`` into the output directory; ``--only`` re-runs some rows.
+``decode_speed.png`` into the output directory; ``--only`` re-runs some rows. ``--docs
+docs/speed.md`` also writes the tables as a page of ``docs/`` (with the run's environment, see
+``bench_docs``) and the plot beside it.
 """
 
 from __future__ import annotations
@@ -26,19 +28,21 @@ from typing import Any
 
 import onnx_ir as ir
 
-from smoothrot.compiler.compile import CompileConfig, compile_model
+from smoothrot.compiler.compile import compile_model
+from smoothrot.compiler.config import CompileConfig, LowerConfig
 from smoothrot.compiler.measure.bench import memory_bandwidth
 from smoothrot.compiler.measure.profile import profile_decode
 from smoothrot.compiler.modeldir.model_dir import write_model_dir
 from smoothrot.compiler.modeldir.outdir import atomic_output_dir
 from smoothrot.compiler.recipes import Recipe, Transform
-from smoothrot.compiler.targets.ort.lower import LowerConfig, lower_model
+from smoothrot.compiler.targets.ort.lower import lower_model
 from smoothrot.core.manifest import load_manifest
 from smoothrot.passes.lower_attention import AttentionKernel
 from smoothrot.passes.lower_ort import PerIcKernel, PerOcKernel
 from smoothrot.passes.lower_rotation import RotationKernel
 from smoothrot.passes.norm_div import NormDivPass
 from smoothrot.passes.quantize_weights import Algorithm, GroupingMode, WeightQuantConfig
+from smoothrot.tools.bench_docs import command_line, write_doc
 from smoothrot.tools.bench_layer import layer_shape
 from smoothrot.tools.bench_layer import run as bench_layers
 from smoothrot.tools.bench_layer import table as layer_table
@@ -212,7 +216,43 @@ def _plot(results: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def run(args: argparse.Namespace, rows: list[SpeedRow]) -> list[dict[str, Any]]:
+PROTOCOL = (
+    "Every model is built from the same fp32 export and benchmarked by `smoothrot bench` in its "
+    "own process (batch 1, greedy, KV cache, {prompt} prompt + {new} new tokens, "
+    "MatMulNBits accuracy level {level} for ours and the peer's). The rows are benchmarked "
+    "round-robin, {rounds} rounds × `--runs {runs}`, and each row shows its median round. "
+    "Roofline = weight bytes per decoded token × tokens/s ÷ the memory bandwidth measured in "
+    "the same run."
+)
+
+
+def _docs(args: argparse.Namespace, command: str, results: list[dict[str, Any]], text: str) -> None:
+    """The ``--docs`` page: protocol, the tables of ``results.md``, every round, the plot."""
+    path: Path = args.docs
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(args.output / "decode_speed.png", path.parent / "decode_speed.png")
+    protocol = PROTOCOL.format(
+        prompt=args.prompt_tokens,
+        new=args.new_tokens,
+        level=args.level,
+        rounds=args.rounds,
+        runs=args.runs,
+    )
+    rounds = [
+        f"- {r['row']}: " + " / ".join(f"{v:.2f}" for v in r["decode_tokens_per_s_rounds"])
+        for r in results
+        if "decode_tokens_per_s_rounds" in r
+    ]
+    body = [protocol, text.strip(), "Decode tok/s of every round:", "\n".join(rounds)]
+    body.append("![decode speed](decode_speed.png)")
+    write_doc(path, "Decode speed", command, "\n\n".join(body))
+
+
+def run(
+    args: argparse.Namespace, rows: list[SpeedRow], command: str | None = None
+) -> list[dict[str, Any]]:
+    """Build, benchmark and table ``rows``; ``command`` (for ``--docs``) defaults to this
+    process's command line."""
     out: Path = args.output
     (out / "models").mkdir(parents=True, exist_ok=True)
     results_file = out / "results.json"
@@ -257,6 +297,8 @@ def run(args: argparse.Namespace, rows: list[SpeedRow]) -> list[dict[str, Any]]:
     )
     (out / "results.md").write_text(text)
     _plot(results, out / "decode_speed.png")
+    if args.docs is not None:
+        _docs(args, command or command_line("smoothrot.tools.bench_speed"), results, text)
     print(text)
     return results
 
@@ -285,13 +327,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--build-only", action="store_true", help="build the rows' models, measure nothing"
     )
+    parser.add_argument(
+        "--docs", type=Path, help="also write the tables as this Markdown page (e.g. docs/speed.md)"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     rows = [r for r in ROWS if not args.only or any(s in r.name for s in args.only)]
-    run(args, rows)
+    run(args, rows, command_line("smoothrot.tools.bench_speed", argv))
 
 
 if __name__ == "__main__":
