@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from smoothrot.compiler.measure.bench import BenchConfig, bench_dir
+from smoothrot.compiler.config import Backend, BenchConfig
+from smoothrot.compiler.measure.bench import bench_dir
 from smoothrot.compiler.reports.build_report import greedy_prompt
-from smoothrot.compiler.runtime.decoders import Backend
 from smoothrot.compiler.runtime.ort_runner import OrtDecoder
 
 __all__ = ["check_engine", "main"]

@@ -75,9 +75,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from smoothrot.compiler.config import EvalConfig
+    from smoothrot.compiler.config import Backend, EvalConfig
     from smoothrot.compiler.measure.evaluate import evaluate_dir
-    from smoothrot.compiler.runtime.decoders import Backend
 
     config = EvalConfig(seq=args.seq, windows=args.windows)
     result = evaluate_dir(
@@ -110,7 +109,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from smoothrot.compiler.runtime.decoders import Backend
+    from smoothrot.compiler.config import Backend
     from smoothrot.compiler.runtime.generate import generate_text
 
     if args.max_new_tokens < 1:
@@ -135,7 +134,8 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
-    from smoothrot.compiler.calibrate.statistics import CalibrationConfig, calibrate_dir
+    from smoothrot.compiler.calibrate.statistics import calibrate_dir
+    from smoothrot.compiler.config import CalibrationConfig
 
     config = CalibrationConfig(tokens=args.tokens, seq=args.seq)
     out = calibrate_dir(args.model_dir, config, args.output, args.text)
@@ -159,7 +159,8 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
-    from smoothrot.compiler.measure.analyze import AnalyzeConfig, analyze_model
+    from smoothrot.compiler.config import AnalyzeConfig
+    from smoothrot.compiler.measure.analyze import analyze_model
     from smoothrot.compiler.reports.analyze_plots import summary_markdown
 
     config = AnalyzeConfig(tokens=args.tokens, seq=args.seq, alpha=args.alpha, seed=args.seed)

@@ -52,8 +52,8 @@ def add_build(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_build(args: argparse.Namespace) -> int:
-    from smoothrot.compiler.targets.trt.build import BuildConfig, build_model
-    from smoothrot.compiler.targets.trt.engine import EngineConfig
+    from smoothrot.compiler.config import BuildConfig, EngineConfig
+    from smoothrot.compiler.targets.trt.build import build_model
     from smoothrot.core.tensorrt import TrtBackend
 
     engine = EngineConfig(

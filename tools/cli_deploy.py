@@ -28,7 +28,7 @@ def add_backend(p: argparse.ArgumentParser) -> None:
 
 
 def add_accuracy_level(p: argparse.ArgumentParser) -> None:
-    from smoothrot.compiler.targets.ort.lower import DEFAULT_ACCURACY_LEVEL
+    from smoothrot.compiler.config import DEFAULT_ACCURACY_LEVEL
 
     p.add_argument(
         "--accuracy-level",
@@ -75,7 +75,7 @@ def add_lowering_options(p: argparse.ArgumentParser) -> None:
 
 
 def lower_config(args: argparse.Namespace):  # noqa: ANN201 - LowerConfig, imported lazily
-    from smoothrot.compiler.targets.ort.lower import LowerConfig
+    from smoothrot.compiler.config import LowerConfig
     from smoothrot.passes.lower_attention import AttentionKernel
     from smoothrot.passes.lower_ort import PerIcKernel, PerOcKernel
     from smoothrot.passes.lower_rotation import RotationKernel
@@ -156,8 +156,8 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from smoothrot.compiler.measure.bench import BenchConfig, bench_dir
-    from smoothrot.compiler.runtime.decoders import Backend
+    from smoothrot.compiler.config import Backend, BenchConfig
+    from smoothrot.compiler.measure.bench import bench_dir
 
     config = BenchConfig(
         prompt_tokens=args.prompt_tokens,
