@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
 
 import numpy as np
 import onnx_ir as ir
@@ -13,19 +13,18 @@ ACT_QUANT_MARK = "smoothrot.act_quant"  # node metadata on every node of an acti
 __all__ = [
     "ACT_QUANT_MARK",
     "ROTATION_MARK",
-    "Int4MatMul",
-    "match_int4_matmul",
-    "remove_if_dead",
-    "unrotated",
     "constant_array",
     "consumers",
+    "drop_dead_initializers",
     "is_constant",
     "new_initializer",
     "private_constant",
-    "transform_constant",
     "producer_op",
+    "remove_if_dead",
     "scalar_constant",
     "set_constant",
+    "transform_constant",
+    "unrotated",
 ]
 
 
@@ -119,53 +118,25 @@ def transform_constant(node: ir.Node, value: ir.Value, fn) -> None:
     set_constant(own, fn(constant_array(own).astype(np.float64)))
 
 
-@dataclass
-class Int4MatMul:
-    """``MatMul(X, DequantizeLinear(q, scale))`` with a blocked, symmetric INT4 constant weight."""
-
-    matmul: ir.Node
-    dq: ir.Node
-    q: np.ndarray  # int8 [K, N], values in [-8, 7]
-    scale: np.ndarray  # float32, [K/g, N] (axis 0) or [K, N/g] (axis 1)
-    axis: int
-    group: int
-
-
-def match_int4_matmul(matmul: ir.Node) -> Int4MatMul | str | None:
-    """The INT4 QDQ weight of ``matmul``; a problem string if it is INT4 but not our pattern
-    (a zero point, a run-time scale, not 2-D, not blocked on axis 0 or 1); None if not INT4."""
-    weight = matmul.inputs[1] if len(matmul.inputs) > 1 else None
-    dq = weight.producer() if weight is not None else None
-    if dq is None or dq.op_type != "DequantizeLinear" or not is_constant(dq.inputs[0]):
-        return None
-    q_value = dq.inputs[0]
-    if q_value.const_value.dtype != ir.DataType.INT4:  # type: ignore[union-attr]
-        return None
-    if len(dq.inputs) > 2 and dq.inputs[2] is not None:
-        return "has a zero point"
-    if not is_constant(dq.inputs[1]) or q_value.const_value.shape.rank() != 2:  # type: ignore[union-attr]
-        return "scale is not a constant, or the weight is not 2-D"
-    q = constant_array(q_value).astype(np.int8)
-    scale = constant_array(dq.inputs[1]).astype(np.float32)
-    axis = dq.attributes.get_int("axis", 1)
-    axis = axis + 2 if axis < 0 else axis
-    group = dq.attributes.get_int("block_size", 0)
-    k, n = q.shape
-    if axis not in (0, 1) or group <= 0 or q.shape[axis] % group:
-        return f"DequantizeLinear axis {axis}, block_size {group} is not a blocked INT4 weight"
-    expected = (k // group, n) if axis == 0 else (k, n // group)
-    if scale.shape != expected:
-        return f"scale {list(scale.shape)} does not block weight {list(q.shape)} on axis {axis}"
-    return Int4MatMul(matmul, dq, q, scale, axis, group)
-
-
 def remove_if_dead(graph: ir.Graph, node: ir.Node) -> bool:
     """Remove ``node`` if nothing reads its outputs, then the initializers only it read."""
     if any(out.uses() or out.is_graph_output() for out in node.outputs):
         return False
     inputs = list(node.inputs)  # removing the node detaches them
     graph.remove(node, safe=True)
-    for value in inputs:
-        if value is not None and not value.uses() and value.name in graph.initializers:
-            graph.initializers.pop(value.name)
+    drop_dead_initializers(graph, inputs)
     return True
+
+
+def drop_dead_initializers(graph: ir.Graph, values: Iterable[ir.Value | None]) -> list[str]:
+    """Remove each of ``values`` that is an initializer of ``graph`` nothing reads any more (no
+    node input, no graph output); return the names removed. Values still read, or not
+    initializers, are left as they are: the exporter shares equal constants between nodes."""
+    dropped = []
+    for value in values:
+        if value is None or value.uses() or value.is_graph_output():
+            continue
+        if value.name is not None and graph.initializers.get(value.name) is value:
+            graph.initializers.pop(value.name)
+            dropped.append(value.name)
+    return dropped

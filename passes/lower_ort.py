@@ -48,7 +48,8 @@ from smoothrot.ortops.spec import DOMAIN as ORTOPS_DOMAIN
 from smoothrot.ortops.spec import OP_TYPE_PER_IC as PER_IC_OP
 from smoothrot.ortops.spec import OP_TYPE_PER_OC as PER_OC_OP
 from smoothrot.ortops.spec import pack_per_ic
-from smoothrot.passes._graph import Int4MatMul, match_int4_matmul, new_initializer
+from smoothrot.passes._graph import new_initializer, remove_if_dead
+from smoothrot.passes.rules.int4_matmul import Int4MatMul, match_int4_matmul, reads_int4_weight
 
 __all__ = [
     "LOWERED_MARK",
@@ -182,13 +183,12 @@ class LowerToMatMulNBitsPass(ir.passes.InPlacePass):
         graph = model.graph
         lowered: list[LoweredLayer] = []
         skipped: dict[str, str] = {}
-        for node in [n for n in graph if n.op_type == "MatMul" and n.domain == ""]:
-            found = match_int4_matmul(node)
-            if found is None:
+        for node in [n for n in graph if reads_int4_weight(n)]:
+            match = match_int4_matmul(model, node)
+            if not match:
+                skipped[node.name or "?"] = match.reason
                 continue
-            if isinstance(found, str):
-                skipped[node.name or "?"] = found
-                continue
+            found = Int4MatMul.of(match)
             try:
                 lowered.append(self._lower(graph, found))
             except ValueError as exc:
@@ -216,11 +216,6 @@ class LowerToMatMulNBitsPass(ir.passes.InPlacePass):
         ir.convenience.replace_nodes_and_values(
             graph, m.matmul, [m.matmul], nodes, [m.matmul.outputs[0]], [nodes[-1].outputs[0]]
         )
-        if not weight.uses() and not weight.is_graph_output():
-            inputs = list(m.dq.inputs)  # removing the node detaches them
-            graph.remove(m.dq, safe=True)
-            for value in inputs:
-                if value is not None and not value.uses() and value.name in graph.initializers:
-                    graph.initializers.pop(value.name)
+        remove_if_dead(graph, m.dq)
         count = sum(n.op_type in KERNEL_OPS for n in nodes)
         return LoweredLayer(tag, grouping, m.group, bs, count)

@@ -3,8 +3,9 @@
 What it finds, without relying on node or value names:
 
 - every RMSNorm, in either form: the exporter's decomposed chain
-  ``Mul(γ, Mul(x, Reciprocal(Sqrt(Add(ReduceMean(Pow(x, 2)), eps)))))`` or opset-23
-  ``RMSNormalization(x, γ)``; ``x`` is the residual stream at that point;
+  ``Mul(γ, Mul(x, Reciprocal(Sqrt(Add(ReduceMean(Pow(x, 2)), eps)))))`` (the pattern
+  :mod:`smoothrot.passes.rules.rms_norm`) or opset-23 ``RMSNormalization(x, γ)``; ``x`` is the
+  residual stream at that point;
 - the constant-weight MatMuls each norm feeds (q/k/v after the attention norm, gate/up after the
   MLP norm, lm_head after the final norm) and the bias Add that may follow each (Qwen2);
 - o_proj and down_proj: the one constant-weight MatMul between a norm and the next that is not
@@ -33,10 +34,10 @@ from smoothrot.passes._graph import (
     ROTATION_MARK,
     is_constant,
     producer_op,
-    scalar_constant,
     transform_constant,
     unrotated,
 )
+from smoothrot.passes.rules.rms_norm import match_rms_norm, statistics_nodes
 
 __all__ = [
     "LAYER_SITES",
@@ -76,6 +77,8 @@ class Norm:
     output: ir.Value
     gamma: ir.Value
     node: ir.Node  # the node that multiplies by gamma (or the RMSNormalization node)
+    # Pow, ReduceMean, Add, Sqrt, Reciprocal of the decomposed form (none for RMSNormalization)
+    statistics: tuple[ir.Node, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -188,43 +191,16 @@ class ModelMap:
         return out
 
 
-def _match_decomposed_norm(mul_gamma: ir.Node) -> Norm | None:
-    if mul_gamma.op_type != "Mul":
-        return None
-    for g_idx in (0, 1):
-        gamma, normed = mul_gamma.inputs[g_idx], mul_gamma.inputs[1 - g_idx]
-        if gamma is None or not gamma.is_initializer() or normed is None:
-            continue
-        mul_x = producer_op(normed, "Mul")
-        if mul_x is None:
-            continue
-        for r_idx in (0, 1):
-            x, r = mul_x.inputs[1 - r_idx], mul_x.inputs[r_idx]
-            recip = producer_op(r, "Reciprocal")
-            sqrt = producer_op(recip.inputs[0], "Sqrt") if recip else None
-            add = producer_op(sqrt.inputs[0], "Add") if sqrt else None
-            if add is None:
-                continue
-            mean = next((p for p in (producer_op(v, "ReduceMean") for v in add.inputs) if p), None)
-            pow_ = producer_op(mean.inputs[0], "Pow") if mean else None
-            if pow_ is None or pow_.inputs[0] is not x or scalar_constant(pow_.inputs[1]) != 2.0:
-                continue
-            assert x is not None
-            return Norm(input=x, output=mul_gamma.outputs[0], gamma=gamma, node=mul_gamma)
-    return None
-
-
-def find_norms(graph: ir.Graph) -> list[Norm]:
+def find_norms(model: ir.Model) -> list[Norm]:
     """Every RMSNorm of the graph (either form), in graph order."""
     norms = []
-    for node in graph:
+    for node in model.graph:
         if node.op_type == "RMSNormalization" and node.inputs[1] is not None:
             if node.inputs[1].is_initializer() and node.inputs[0] is not None:
                 norms.append(Norm(node.inputs[0], node.outputs[0], node.inputs[1], node))
-        elif node.op_type == "Mul":
-            norm = _match_decomposed_norm(node)
-            if norm is not None:
-                norms.append(norm)
+        elif node.op_type == "Mul" and (match := match_rms_norm(model, node)):
+            x, gamma = match.bindings["x"], match.bindings["gamma"]
+            norms.append(Norm(x, node.outputs[0], gamma, node, statistics_nodes(match)))
     return norms
 
 
@@ -285,7 +261,7 @@ def build_model_map(model: ir.Model, dims: ModelDims) -> ModelMap:
     """Recognize the decoder layers of ``model``; problems are recorded, not raised."""
     graph = model.graph
     mm = ModelMap(dims=dims)
-    norms = find_norms(graph)
+    norms = find_norms(model)
     order = {id(n): i for i, n in enumerate(graph)}
     linears = [lin for node in graph if (lin := _linear(node)) is not None]
     fed: dict[int, list[Linear]] = {id(n.output): [] for n in norms}

@@ -35,7 +35,7 @@ from smoothrot.core.int4 import (
 from smoothrot.core.manifest import ModelDims
 from smoothrot.core.pass_infra import PassReport
 from smoothrot.passes._conditions import ensure_blocked_int4
-from smoothrot.passes._graph import constant_array, new_initializer
+from smoothrot.passes._graph import constant_array, drop_dead_initializers, new_initializer
 from smoothrot.passes.gptq import gptq
 from smoothrot.passes.model_map import Linear, build_model_map
 
@@ -162,8 +162,7 @@ def _store(graph: ir.Graph, lin: Linear, qw: QuantizedWeight) -> None:
     dq.metadata_props[QUANT_MARK] = f"int4:{qw.grouping.value}:{qw.block}"
     graph.insert_before(lin.node, dq)
     lin.node.replace_input_with(1, dq.outputs[0])
-    if not old.uses():
-        graph.initializers.pop(name)
+    if drop_dead_initializers(graph, [old]):
         old.name = f"{name}.float"
     out = dq.outputs[0]
     out.name, out.shape = name, ir.Shape(list(qw.q.shape))

@@ -30,8 +30,8 @@ import onnx_ir as ir
 from smoothrot.core.manifest import ModelDims
 from smoothrot.core.pass_infra import PassReport
 from smoothrot.passes._conditions import require_float32
-from smoothrot.passes._graph import new_initializer, producer_op
-from smoothrot.passes.model_map import ModelMapError, find_norms
+from smoothrot.passes._graph import drop_dead_initializers, new_initializer
+from smoothrot.passes.model_map import ModelMapError, Norm, find_norms
 
 __all__ = ["FP16_MAX", "FP16_TINY", "Fp16Pass"]
 
@@ -41,25 +41,11 @@ _FLOAT, _HALF = ir.DataType.FLOAT, ir.DataType.FLOAT16
 _ROTARY_LIMIT = 64  # nodes between a position Cast and Cos/Sin; more means an unknown pattern
 
 
-def _norm_statistics(norm_node: ir.Node) -> list[ir.Node]:
-    """``[Pow, ReduceMean, Add, Sqrt, Reciprocal]`` of a decomposed RMSNorm (model map form)."""
-    normed = next(v for v in norm_node.inputs if v is not None and not v.is_initializer())
-    mul_x = producer_op(normed, "Mul")
-    chain: list[ir.Node] = []
-    if mul_x is not None:
-        recip = next((p for v in mul_x.inputs if (p := producer_op(v, "Reciprocal"))), None)
-        sqrt = producer_op(recip.inputs[0], "Sqrt") if recip else None
-        add = producer_op(sqrt.inputs[0], "Add") if sqrt else None
-        mean = (
-            next((p for v in add.inputs if (p := producer_op(v, "ReduceMean"))), None)
-            if add
-            else None
-        )
-        pow_ = producer_op(mean.inputs[0], "Pow") if mean else None
-        chain = [n for n in (pow_, mean, add, sqrt, recip) if n is not None]
-    if len(chain) != 5:
-        raise ModelMapError(f"RMSNorm at {norm_node.name} is not the decomposed form fp16 needs")
-    return chain
+def _norm_statistics(norm: Norm) -> tuple[ir.Node, ...]:
+    """``Pow, ReduceMean, Add, Sqrt, Reciprocal`` of a decomposed RMSNorm (the model map's)."""
+    if len(norm.statistics) != 5:
+        raise ModelMapError(f"RMSNorm at {norm.node.name} is not the decomposed form fp16 needs")
+    return norm.statistics
 
 
 def _rotary_nodes(graph: ir.Graph) -> list[ir.Node]:
@@ -134,13 +120,13 @@ class Fp16Pass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> PassReport:
         graph = model.graph
         _fill_missing_types(graph, self.keep_fp32_domains)
-        norms = find_norms(graph)  # not the whole model map: plugin nodes may replace MatMuls
+        norms = find_norms(model)  # not the whole model map: plugin nodes may replace MatMuls
         if len(norms) != 2 * self.dims.layers + 1:
             raise ModelMapError(
                 f"unrecognized model pattern: found {len(norms)} RMSNorms, "
                 f"expected {2 * self.dims.layers + 1}"
             )
-        island = {id(n) for norm in norms for n in _norm_statistics(norm.node)}
+        island = {id(n) for norm in norms for n in _norm_statistics(norm)}
         island |= {id(n) for n in _rotary_nodes(graph)}
         counts = {"island_nodes": len(island), "saturated": 0, "raised": 0}
         converted: dict = {}  # fp32 constant → its fp16 copy; (value, type) → its Cast
@@ -163,8 +149,7 @@ class Fp16Pass(ir.passes.InPlacePass):
             if _is_float(value):
                 value.type = ir.TensorType(_HALF)
         self._fp32_logits(graph)
-        for name in [n for n, v in graph.initializers.items() if not v.uses()]:
-            graph.initializers.pop(name)  # the fp32 originals of converted constants
+        drop_dead_initializers(graph, list(graph.initializers.values()))  # fp32 originals
         return PassReport(model, True, counts)
 
     def _retype_node(self, node: ir.Node) -> None:

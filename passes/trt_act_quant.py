@@ -9,8 +9,9 @@ each ``QuantizeLinear(x, s) → DequantizeLinear(q, s)`` pair whose scale is not
 
 which is the pair's definition (ONNX ``Round`` rounds half to even, as QuantizeLinear does; the
 clip is QuantizeLinear's saturation), so the graph keeps its meaning exactly; the integer tensor
-simply never materializes. Integer-GEMM speed for these layers is the plugin path's job
-(``plugins/w4a8_gemm.py``); the plugin-free TensorRT-RTX engine runs them as fp16 GEMMs.
+simply never materializes (the rule :mod:`smoothrot.passes.rules.runtime_qdq`). Integer-GEMM
+speed for these layers is the plugin path's job (``plugins/w4a8_gemm.py``); the plugin-free
+TensorRT-RTX engine runs them as fp16 GEMMs.
 
 Pairs with constant scales (INT4 weights) are TensorRT's native form and stay. A runtime-scaled
 QuantizeLinear not followed by its DequantizeLinear alone is reported by name and refused.
@@ -18,15 +19,25 @@ QuantizeLinear not followed by its DequantizeLinear alone is reported by name an
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
+from onnxscript.rewriter import pattern
 
 from smoothrot.core.pass_infra import PassReport
-from smoothrot.passes._graph import is_constant, new_initializer
+from smoothrot.passes._graph import is_constant
+from smoothrot.passes.rules._apply import Outcome, rewrite_at
+from smoothrot.passes.rules.runtime_qdq import RuntimeScaledQdq
 
 __all__ = ["TrtActivationQdqPass"]
 
-_RANGES = {ir.DataType.INT8: (-128, 127), ir.DataType.INT4: (-8, 7)}
+
+def _rewrite_pair(rule: pattern.RewriteRule, model: ir.Model, quant: ir.Node) -> Outcome:
+    """The rule at the DequantizeLinear that alone reads ``quant``'s output."""
+    out = quant.outputs[0]
+    uses = list(out.uses())
+    if len(uses) != 1 or uses[0].idx != 0 or out.is_graph_output():
+        readers = len(uses) + out.is_graph_output()
+        return Outcome(pattern.MatchResult().fail(f"{readers} readers of the quantized tensor"))
+    return rewrite_at(rule, model, uses[0].node)
 
 
 class TrtActivationQdqPass(ir.passes.InPlacePass):
@@ -35,57 +46,16 @@ class TrtActivationQdqPass(ir.passes.InPlacePass):
     name = "trt_activation_qdq"
 
     def call(self, model: ir.Model) -> PassReport:
-        graph, rewritten = model.graph, []
-        for quant in [n for n in graph if n.op_type == "QuantizeLinear" and n.domain == ""]:
-            x, scale = quant.inputs[0], quant.inputs[1]
+        rule, rewritten = RuntimeScaledQdq().rule(), []
+        for quant in [n for n in model.graph if n.op_type == "QuantizeLinear" and n.domain == ""]:
+            scale = quant.inputs[1] if len(quant.inputs) > 1 else None
             if scale is None or is_constant(scale):
                 continue
-            uses = list(quant.outputs[0].uses())
-            dequant = uses[0].node if len(uses) == 1 else None
-            out_type = ir.DataType(quant.attributes.get_int("output_dtype", 0))
-            if (
-                x is None
-                or dequant is None
-                or dequant.op_type != "DequantizeLinear"
-                or dequant.inputs[1] is not scale
-                or len(dequant.inputs) > 2
-                or len(quant.inputs) > 2
-                or out_type not in _RANGES
-            ):
+            outcome = _rewrite_pair(rule, model, quant)
+            if not outcome:
                 raise ValueError(
                     f"QuantizeLinear {quant.name!r} has a run-time scale but is not a symmetric "
-                    "INT8/INT4 QDQ pair; TensorRT cannot build it"
+                    f"INT8/INT4 QDQ pair; TensorRT cannot build it ({outcome.reason})"
                 )
-            rewritten.append(_rewrite(graph, quant, dequant, x, scale, out_type))
+            rewritten.append(quant.name or "qdq")
         return PassReport(model, bool(rewritten), {"rewritten": rewritten})
-
-
-def _rewrite(
-    graph: ir.Graph,
-    quant: ir.Node,
-    dequant: ir.Node,
-    x: ir.Value,
-    scale: ir.Value,
-    out_type: ir.DataType,
-) -> str:
-    low, high = _RANGES[out_type]
-    dtype = x.dtype.numpy() if x.dtype is not None else np.float32
-    tag = quant.name or "qdq"
-    bounds = []
-    for side, bound in (("low", low), ("high", high)):
-        name = f"smoothrot.trt_qdq.{out_type.name.lower()}.{side}"
-        if name not in graph.initializers:
-            new_initializer(graph, name, np.array(bound, dtype))
-        bounds.append(graph.initializers[name])
-    div = ir.node("Div", [x, scale], name=f"{tag}.div")
-    rnd = ir.node("Round", [div.outputs[0]], name=f"{tag}.round")
-    clip = ir.node("Clip", [rnd.outputs[0], *bounds], name=f"{tag}.clip")
-    mul = ir.node("Mul", [clip.outputs[0], scale], name=f"{tag}.mul")
-    nodes = [div, rnd, clip, mul]
-    for node in nodes:
-        node.metadata_props.update(quant.metadata_props)
-        node.outputs[0].type = x.type
-    ir.convenience.replace_nodes_and_values(
-        graph, quant, [quant, dequant], nodes, [dequant.outputs[0]], [mul.outputs[0]]
-    )
-    return tag
