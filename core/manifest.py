@@ -6,6 +6,7 @@ their I/O names and dimensions from it instead of guessing from the graph.
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 from smoothrot.core.errors import SmoothrotError
 
 __all__ = [
+    "DType",
     "KV_PREFIX_INPUT",
     "MANIFEST_NAME",
     "MANIFEST_VERSION",
@@ -28,6 +30,25 @@ MODEL_FILE = "model.onnx"
 # Optional graph input (int64 scalar, an overridable initializer) of models with a quantized KV
 # cache: positions below it keep fp K/V (BiSup's P). Written by passes/quantize_kv.py.
 KV_PREFIX_INPUT = "kv_fp_prefix"
+
+
+class DType(enum.Enum):
+    """The compute dtype of a model directory's graph."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+
+    @property
+    def torch(self):  # noqa: ANN201 - torch is imported lazily
+        import torch
+
+        return {DType.FP32: torch.float32, DType.FP16: torch.float16}[self]
+
+    @property
+    def numpy(self):  # noqa: ANN201
+        import numpy as np
+
+        return {DType.FP32: np.float32, DType.FP16: np.float16}[self]
 
 
 @dataclass(frozen=True)
@@ -50,7 +71,7 @@ class Manifest:
     architecture: str
     dims: ModelDims
     opset: int
-    dtype: str
+    dtype: DType
     inputs: list[str]
     outputs: list[str]
     versions: dict[str, str]
@@ -65,7 +86,8 @@ class Manifest:
         return [n for n in self.inputs if n.startswith("past.")]
 
     def save(self, directory: Path) -> None:
-        (Path(directory) / MANIFEST_NAME).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        data = {**asdict(self), "dtype": self.dtype.value}
+        (Path(directory) / MANIFEST_NAME).write_text(json.dumps(data, indent=2) + "\n")
 
 
 def load_manifest(directory: str | Path) -> Manifest:
@@ -83,6 +105,7 @@ def load_manifest(directory: str | Path) -> Manifest:
         if raw.get("version") != MANIFEST_VERSION:
             raise ValueError(f"manifest version {raw.get('version')} != {MANIFEST_VERSION}")
         raw["dims"] = ModelDims(**raw["dims"])
+        raw["dtype"] = DType(raw["dtype"])
         manifest = Manifest(**raw)
     except (json.JSONDecodeError, TypeError, ValueError, KeyError) as exc:
         raise SmoothrotError(f"{path} is not a valid manifest: {exc}") from exc

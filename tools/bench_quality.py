@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -137,9 +137,8 @@ def _measure(row: Row, model_dir: Path, eval_config: EvalConfig) -> dict[str, An
         kv = row.bits.endswith("kv4")
         for p in (0, prompt) if kv else (None,):
             key = "ppl_prompt" if p is None else f"ppl_prompt_P{p}"
-            run = evaluate_dir(
-                model_dir, eval_config, progress=False, system_prompt=True, kv_prefix=p
-            )
+            prompted = replace(eval_config, system_prompt=True, kv_prefix=p)
+            run = evaluate_dir(model_dir, prompted, progress=False)
             result[key] = run["ppl"]
         result["prompt_tokens"] = prompt
     result["eval_seconds"] = round(time.perf_counter() - t, 1)

@@ -12,10 +12,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from smoothrot.core.errors import SmoothrotError
+from smoothrot.compiler.config import (
+    AnalyzeConfig,
+    CalibrationConfig,
+    EvalConfig,
+    ExportConfig,
+    GenerateConfig,
+)
 from smoothrot.tools.cli_build import add_build
 from smoothrot.tools.cli_compile import add_compile
-from smoothrot.tools.cli_deploy import add_backend, add_bench, add_lower
+from smoothrot.tools.cli_config import add_config_flags
+from smoothrot.tools.cli_deploy import add_bench, add_lower
 from smoothrot.tools.cli_doctor import add_doctor
 
 __all__ = ["main"]
@@ -27,22 +34,18 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "--model", help="HF model directory or .gguf file (default: packaged SmolLM2-135M)"
     )
     p.add_argument("-o", "--output", required=True, type=Path, help="output directory")
-    p.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
-    p.add_argument("--opset", type=int, default=21)
-    p.set_defaults(run=_run_export)
+    p.set_defaults(run=_run_export, flags=add_config_flags(p, "export", ExportConfig))
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from smoothrot.compiler.config import DType, ExportConfig
     from smoothrot.compiler.export.exporter import export_model
     from smoothrot.compiler.modeldir.sources import resolve_source
 
-    config = ExportConfig(dtype=DType(args.dtype), opset=args.opset)
-    manifest = export_model(resolve_source(args.model), args.output, config)
+    manifest = export_model(resolve_source(args.model), args.output, args.flags.config(args))
     d = manifest.dims
     print(
         f"exported {manifest.architecture} ({d.layers} layers, hidden {d.hidden}, "
-        f"{manifest.dtype}, opset {manifest.opset}) to {args.output} "
+        f"{manifest.dtype.value}, opset {manifest.opset}) to {args.output} "
         f"in {manifest.stages[-1]['seconds']:.0f}s"
     )
     return 0
@@ -54,41 +57,15 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--text", type=Path, help="UTF-8 text file (default: pydoc_data evaluation part)"
     )
-    p.add_argument("--seq", type=int, default=512, help="window length in tokens")
-    p.add_argument("--windows", type=int, default=8, help="number of non-overlapping windows")
-    p.add_argument(
-        "--system-prompt", action="store_true", help="put the chat system turn before every window"
-    )
-    p.add_argument(
-        "--kv-prefix", type=int, metavar="P", help="override a quantized KV cache's kept prefix P"
-    )
-    p.add_argument(
-        "--accuracy-level",
-        type=int,
-        default=0,
-        choices=range(5),
-        help="ORT MatMulNBits accuracy level for fused DQ+MatMul (0 = the QDQ graph as written)",
-    )
-    add_backend(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(run=_run_eval)
+    p.set_defaults(run=_run_eval, flags=add_config_flags(p, "eval", EvalConfig))
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from smoothrot.compiler.config import Backend, EvalConfig
     from smoothrot.compiler.measure.evaluate import evaluate_dir
 
-    config = EvalConfig(seq=args.seq, windows=args.windows)
-    result = evaluate_dir(
-        args.model_dir,
-        config,
-        args.text,
-        progress=not args.json,
-        system_prompt=args.system_prompt,
-        kv_prefix=args.kv_prefix,
-        accuracy_level=args.accuracy_level,
-        backend=Backend(args.backend),
-    )
+    config = args.flags.config(args)
+    result = evaluate_dir(args.model_dir, config, args.text, progress=not args.json)
     if args.json:
         print(json.dumps(result))
     else:
@@ -103,19 +80,14 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="greedy decoding with the KV cache")
     p.add_argument("model_dir", type=Path)
     p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    add_backend(p)
-    p.set_defaults(run=_run_generate)
+    p.set_defaults(run=_run_generate, flags=add_config_flags(p, "generate", GenerateConfig))
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from smoothrot.compiler.config import Backend
     from smoothrot.compiler.runtime.generate import generate_text
 
-    if args.max_new_tokens < 1:
-        raise SmoothrotError("--max-new-tokens must be >= 1")
-    backend = Backend(args.backend)
-    print(generate_text(args.model_dir, args.prompt, args.max_new_tokens, backend))
+    config = args.flags.config(args)
+    print(generate_text(args.model_dir, args.prompt, config.max_new_tokens, config.backend))
     return 0
 
 
@@ -125,20 +97,16 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "-o", "--output", type=Path, help="statistics directory (default: MODEL_DIR/calibration)"
     )
-    p.add_argument("--tokens", type=int, default=8192, help="calibration tokens")
-    p.add_argument("--seq", type=int, default=512, help="tokens per calibration sequence")
     p.add_argument(
         "--text", type=Path, help="UTF-8 text file (default: pydoc_data calibration part)"
     )
-    p.set_defaults(run=_run_calibrate)
+    p.set_defaults(run=_run_calibrate, flags=add_config_flags(p, "calibrate", CalibrationConfig))
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
     from smoothrot.compiler.calibrate.statistics import calibrate_dir
-    from smoothrot.compiler.config import CalibrationConfig
 
-    config = CalibrationConfig(tokens=args.tokens, seq=args.seq)
-    out = calibrate_dir(args.model_dir, config, args.output, args.text)
+    out = calibrate_dir(args.model_dir, args.flags.config(args), args.output, args.text)
     print(f"calibration statistics written to {out}")
     return 0
 
@@ -151,19 +119,14 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--model", help="HF model directory or .gguf file (default: packaged model)")
     src.add_argument("--onnx", type=Path, help="a directory written by `smoothrot export`")
     p.add_argument("-o", "--output", required=True, type=Path, help="output directory")
-    p.add_argument("--tokens", type=int, default=1024, help="calibration-text tokens analysed")
-    p.add_argument("--seq", type=int, default=512, help="tokens per sequence")
-    p.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant migration strength")
-    p.add_argument("--seed", type=int, default=0, help="seed of any random rotation factor")
-    p.set_defaults(run=_run_analyze)
+    p.set_defaults(run=_run_analyze, flags=add_config_flags(p, "analyze", AnalyzeConfig))
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
-    from smoothrot.compiler.config import AnalyzeConfig
     from smoothrot.compiler.measure.analyze import analyze_model
     from smoothrot.compiler.reports.analyze_plots import summary_markdown
 
-    config = AnalyzeConfig(tokens=args.tokens, seq=args.seq, alpha=args.alpha, seed=args.seed)
+    config = args.flags.config(args)
     result = analyze_model(args.output, config, model=args.model, onnx_dir=args.onnx)
     print(summary_markdown(result["summary"], config.bits))
     layers = len(result["rows"]) // 4

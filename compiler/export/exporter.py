@@ -157,7 +157,7 @@ def export_model(source: ModelSource, out: Path, config: ExportConfig) -> Manife
         architecture=source.architecture,
         dims=dims,
         opset=config.opset,
-        dtype=config.dtype.value,
+        dtype=config.dtype,
         inputs=inputs,
         outputs=outputs,
         versions=_versions(),

@@ -6,11 +6,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from smoothrot.compiler.config import Backend, EvalConfig
+from smoothrot.compiler.config import EvalConfig
 from smoothrot.compiler.measure.corpus import CorpusPart, corpus_part, text_digest
 from smoothrot.compiler.measure.perplexity import perplexity
 from smoothrot.compiler.runtime.decoders import open_decoder
-from smoothrot.compiler.runtime.ort_runner import EXACT_ACCURACY_LEVEL, load_tokenizer
+from smoothrot.compiler.runtime.ort_runner import load_tokenizer
 from smoothrot.core.errors import SmoothrotError
 
 __all__ = ["SYSTEM_PROMPT", "evaluate_dir", "read_text", "system_prompt_ids"]
@@ -45,24 +45,24 @@ def evaluate_dir(
     config: EvalConfig,
     text_file: Path | None = None,
     progress: bool = True,
-    system_prompt: bool = False,
-    kv_prefix: int | None = None,
-    accuracy_level: int = EXACT_ACCURACY_LEVEL,
-    backend: Backend = Backend.ORT,
 ) -> dict[str, Any]:
-    """Perplexity of ``directory``. ``system_prompt``: put the system turn before every window
-    (scored tokens unchanged); ``kv_prefix``: override the model's kept KV prefix P at run time."""
-    decoder = open_decoder(directory, backend, accuracy_level=accuracy_level, kv_prefix=kv_prefix)
+    """Perplexity of ``directory`` under ``config`` (with ``system_prompt`` the system turn comes
+    before every window, scored tokens unchanged; ``kv_prefix`` overrides the model's kept KV
+    prefix P at run time)."""
+    c = config
+    decoder = open_decoder(
+        directory, c.backend, accuracy_level=c.accuracy_level, kv_prefix=c.kv_prefix
+    )
     text, label = read_text(text_file)
     tokenizer = load_tokenizer(directory)
     ids = tokenizer.encode(text, add_special_tokens=False)
-    prefix = system_prompt_ids(tokenizer) if system_prompt else []
+    prefix = system_prompt_ids(tokenizer) if c.system_prompt else []
     result = perplexity(lambda x: decoder.forward(x)[0], ids, config, progress, prefix)
     return {
         **asdict(result),
         "text": label,
         "text_sha256_16": text_digest(text),
         "prefix_tokens": len(prefix),
-        "accuracy_level": accuracy_level,
-        "backend": backend.value,
+        "accuracy_level": c.accuracy_level,
+        "backend": c.backend.value,
     }

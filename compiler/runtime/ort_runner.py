@@ -10,7 +10,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from smoothrot.compiler.config import DType
 from smoothrot.core.errors import SmoothrotError
 from smoothrot.core.manifest import KV_PREFIX_INPUT, Manifest, load_manifest
 from smoothrot.ortops.library import register as register_ortops
@@ -54,7 +53,7 @@ def needs_ortops(model_path: Path) -> bool:
 
 def empty_cache(manifest: Manifest, batch: int = 1) -> list[np.ndarray]:
     """A zero-length past for every layer (prefill)."""
-    d, dtype = manifest.dims, DType(manifest.dtype).numpy
+    d, dtype = manifest.dims, manifest.dtype.numpy
     return [np.zeros((batch, d.kv_heads, 0, d.head_dim), dtype) for _ in manifest.past_names]
 
 
@@ -90,7 +89,7 @@ class OrtDecoder:
         except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped Fail / NotImplemented
             reason = str(exc).strip().splitlines()[0][:300]
             raise SmoothrotError(f"ONNX Runtime cannot load {model_path}: {reason}") from exc
-        self.dtype = DType(self.manifest.dtype).numpy
+        self.dtype = self.manifest.dtype.numpy
         self.extra_feeds: dict[str, np.ndarray] = {}
         if kv_prefix is not None:  # BiSup P at run time (models compiled with KV quantization)
             names = {i.name for i in self.session.get_overridable_initializers()}

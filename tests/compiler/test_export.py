@@ -80,7 +80,7 @@ def test_fp16_export(tmp_path, tiny_model_dir):
     out = tmp_path / "fp16"
     export_model(resolve_source(tiny_model_dir("llama")), out, ExportConfig(dtype=DType.FP16))
     manifest = load_manifest(out)
-    assert manifest.dtype == "fp16"
+    assert manifest.dtype is DType.FP16
     model = ir.load(out / "model.onnx")
     b = model.graph.initializers[manifest.weights["model.layers.0.self_attn.q_proj"]]
     assert b.dtype == ir.DataType.FLOAT16

@@ -39,7 +39,7 @@ from smoothrot.compiler.reports.build_report import build_markdown, greedy_agree
 from smoothrot.compiler.targets.ort.lower import COMPILE_REPORT_FILES
 from smoothrot.compiler.targets.trt.engine import build_engine, check_engine_header, trtexec_command
 from smoothrot.core.errors import SmoothrotError
-from smoothrot.core.manifest import load_manifest
+from smoothrot.core.manifest import DType, load_manifest
 from smoothrot.core.tensorrt import ENGINE_FILE, load_trt
 from smoothrot.ortops.spec import DOMAIN as ORTOPS_DOMAIN
 from smoothrot.passes.lower_ort import MS_DOMAIN
@@ -61,8 +61,10 @@ def trt_graph(
     MatMuls (with their INT8 activation QDQ) and online rotations first become plugin nodes
     (``passes/lower_trt_plugins.py``), while the QDQ still has its fp32 meaning."""
     manifest = load_manifest(source)
-    if manifest.dtype != "fp32":
-        raise SmoothrotError(f"{source} is a {manifest.dtype} model; build needs an fp32 compile")
+    if manifest.dtype is not DType.FP32:
+        raise SmoothrotError(
+            f"{source} is a {manifest.dtype.value} model; build needs an fp32 compile"
+        )
     model = ir.load(str(source / manifest.model_file))
     if any(n.domain in (MS_DOMAIN, ORTOPS_DOMAIN) for n in model.graph):
         raise SmoothrotError(
@@ -96,7 +98,7 @@ def _int4(node: ir.Node) -> bool:
     return q is not None and q.dtype == ir.DataType.INT4 and q.const_value is not None
 
 
-def _write_graph(model: ir.Model, source: Path, out: Path, stage: dict, dtype: str) -> None:
+def _write_graph(model: ir.Model, source: Path, out: Path, stage: dict, dtype: DType) -> None:
     manifest = load_manifest(source)
     write_model_dir(model, source, replace(manifest, dtype=dtype), out, [stage])
 
@@ -106,7 +108,7 @@ def _fidelity(source: Path, built: Path, work: Path, rewrites: int, config: Buil
     if config.plugins:  # ONNX Runtime cannot run plugin nodes: check the same graph without
         (work / "fp16").mkdir()
         fp16, _ = trt_graph(source)
-        _write_graph(fp16, source, work / "fp16", {"stage": "trt_form_fp16"}, "fp16")
+        _write_graph(fp16, source, work / "fp16", {"stage": "trt_form_fp16"}, DType.FP16)
         built = work / "fp16"
         checks["note"] = (
             "plugin nodes run only in the engine; these checks are of the same graph without "
@@ -115,7 +117,7 @@ def _fidelity(source: Path, built: Path, work: Path, rewrites: int, config: Buil
     if rewrites:
         fp32, _ = trt_graph(source, fp16=False)
         (work / "fp32").mkdir()
-        _write_graph(fp32, source, work / "fp32", {"stage": "trt_form_fp32"}, "fp32")
+        _write_graph(fp32, source, work / "fp32", {"stage": "trt_form_fp32"}, DType.FP32)
         checks["exactness_fp32"] = logits_probe(source, work / "fp32", optimize=False)
     checks["fp16_vs_qdq"] = logits_probe(source, built, optimize=False)
     checks["greedy"] = greedy_agreement(source, built)
@@ -141,7 +143,7 @@ def build_model(source: Path, out: Path, config: BuildConfig = BuildConfig()) ->
     dims = load_manifest(source).dims
     with atomic_output_dir(out) as tmp, tempfile.TemporaryDirectory(dir=tmp.parent) as work:
         stage = {"stage": "build_trt", "backend": backend.value, "version": trt.__version__}
-        _write_graph(model, source, tmp, {**stage, **info}, "fp16")
+        _write_graph(model, source, tmp, {**stage, **info}, DType.FP16)
         lowered = time.perf_counter() - start
         blob, engine = build_engine(trt, tmp / load_manifest(tmp).model_file, dims, config.engine)
         header = check_engine_header(trt, blob)

@@ -1,0 +1,148 @@
+"""The config of ``compile``: the recipe, its overrides, BiSup tuning and the target."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from smoothrot.compiler.config.common import cli
+from smoothrot.compiler.config.targets import LowerConfig
+from smoothrot.compiler.recipes import Recipe, Transform
+from smoothrot.passes.quantize_kv import KVQuantConfig
+from smoothrot.passes.quantize_weights import WeightQuantConfig
+from smoothrot.passes.smooth import SmoothConfig
+
+__all__ = [
+    "CompileConfig",
+    "Target",
+    "TuneConfig",
+]
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    VERSION: ClassVar[int] = 1
+    # calibration sequences (from the calibration text, never the evaluation text)
+    sequences: int = field(default=32, metadata=cli("tuning sequences"))
+    seq: int = field(default=128, metadata=cli("tokens per tuning sequence"))
+    batch: int = field(default=8, metadata=cli("sequences per optimizer step"))
+    epochs: int = field(
+        default=15,
+        metadata=cli(
+            "passes over the tuning sequences per block (Adam steps = epochs · sequences / batch)"
+        ),  # fmt: skip
+    )
+    lr: float = field(default=5e-3, metadata=cli("Adam learning rate (log-scale parameters)"))
+    gamma: bool = field(default=True, metadata=cli("tune the RMSNorm γ too"))
+    act_clip: bool = field(
+        default=True, metadata=cli("tune the INT4 activation quantizers' clipping ratios")
+    )
+    seed: int = field(default=0, metadata=cli("seed of the tuning order"))
+
+    def __post_init__(self) -> None:
+        for name in ("sequences", "seq", "batch", "epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"tune {name} must be >= 1, got {getattr(self, name)}")
+        if self.sequences % self.batch:
+            raise ValueError(
+                f"tune sequences ({self.sequences}) must be a multiple of the batch ({self.batch})"
+            )
+        if not 0 < self.lr < 1:
+            raise ValueError(f"tune lr must be in (0, 1), got {self.lr}")
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.sequences // self.batch
+
+
+class Target(enum.Enum):
+    """What ``compile`` writes: the portable QDQ graph, or it lowered for ONNX Runtime."""
+
+    QDQ = "qdq"
+    ORT = "ort"
+
+
+_WEIGHTS_HELP = {
+    "grouping": "INT4 weight groups: along K per output channel, along N per input channel, or "
+    "chosen per layer by calibration output error (AdaDim)",
+    "group_size": "INT4 group size (0 = per channel); halved where it does not divide a dimension",
+    "algorithm": "weight rounding: round to nearest or GPTQ",
+    "lm_head": "quantize lm_head to INT4 too (it stays fp otherwise)",
+    "clip_grid": "clipping ratios searched per group scale, e.g. 1.0,0.95,0.9",
+    "damp": "GPTQ damping, a fraction of the Hessian's mean diagonal",
+}
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    VERSION: ClassVar[int] = 1
+    recipe: Recipe = field(
+        metadata=cli("fp-* apply only exact transforms (perplexity must not change); "
+                     "w4a16/w4a8/w4a4/w4a4kv4 quantize weights to INT4 (and activations, KV)")
+    )  # fmt: skip
+    transform: Transform | None = field(
+        default=None, metadata=cli("override the recipe's exact transform")
+    )
+    alpha: float = field(default=0.5, metadata=cli("SmoothQuant migration strength"))
+    weights: WeightQuantConfig = field(
+        default_factory=WeightQuantConfig,
+        metadata=cli(flatten=True, helps=_WEIGHTS_HELP, flags={"lm_head": "--quantize-lm-head"}),
+    )
+    kv_prefix: int = field(
+        default=0,
+        metadata=cli("KV entries at positions < P (the system prompt) stay unquantized (BiSup); "
+                     "also a runtime input `kv_fp_prefix`", metavar="P"),
+    )  # fmt: skip
+    calibration_tokens: int = field(default=4096, metadata=cli("calibration tokens (>= 512)"))
+    seed: int = field(default=0, metadata=cli("seed of any random rotation factor"))
+    dump_after: tuple[str, ...] = field(
+        default=(),
+        metadata=cli("also write the graph after this pass to DIR/dumps/PASS/ (repeatable)",
+                     metavar="PASS"),
+    )  # fmt: skip
+    evaluate: bool = field(
+        default=True, metadata=cli("perplexity before/after in the report", flag="--eval")
+    )
+    tune: TuneConfig | None = field(
+        default=None,
+        metadata=cli("BiSup: tune INT4 group scales, norm γ and INT4 activation clipping block "
+                     "by block against the float model, folded into the graph; writes tune.md",
+                     enable="--tune"),
+    )  # fmt: skip
+    target: Target = field(
+        default=Target.QDQ,
+        metadata=cli("qdq: the portable INT4 QDQ graph; ort: also lowered to ONNX Runtime's fast "
+                     "CPU form (as `smoothrot lower`; INT4 recipes only)"),
+    )  # fmt: skip
+    # With Target.ORT: how the QDQ result is lowered (its ``evaluate`` follows the compile's).
+    lowering: LowerConfig = field(
+        default_factory=LowerConfig, metadata=cli(flatten=True, exclude=("evaluate",))
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.recipe, Recipe):
+            raise ValueError(f"recipe must be a Recipe, got {self.recipe!r}")
+        if self.transform is not None and not isinstance(self.transform, Transform):
+            raise ValueError(f"transform must be a Transform, got {self.transform!r}")
+        SmoothConfig(alpha=self.alpha)  # validates alpha
+        KVQuantConfig(keep_prefix=self.kv_prefix)  # validates P
+        if self.calibration_tokens < 512:
+            raise ValueError(f"calibration tokens must be >= 512, got {self.calibration_tokens}")
+        if self.tune is not None and not self.recipe.spec.weights:
+            raise ValueError(f"--tune needs an INT4 recipe; {self.recipe.value} has fp weights")
+        if self.tune is not None and self.recipe.spec.kv_bits is not None:
+            raise NotImplementedError(
+                f"--tune with a quantized KV cache ({self.recipe.value}): the model map does "
+                "not yet tell the KV quantizer's MatMuls from the block's Linears"
+            )
+        if not isinstance(self.target, Target):
+            raise ValueError(f"target must be a Target, got {self.target!r}")
+        if self.target is Target.ORT and not self.recipe.spec.weights:
+            raise ValueError(
+                f"--target ort needs an INT4 recipe; {self.recipe.value} has fp weights"
+            )
+
+    @property
+    def transform_used(self) -> Transform:
+        return self.transform or self.recipe.spec.transform
