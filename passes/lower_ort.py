@@ -43,6 +43,7 @@ from typing import ClassVar
 import numpy as np
 import onnx_ir as ir
 
+from smoothrot.core.int4 import Grouping
 from smoothrot.core.pass_infra import PassReport
 from smoothrot.ortops.spec import DOMAIN as ORTOPS_DOMAIN
 from smoothrot.ortops.spec import OP_TYPE_PER_IC as PER_IC_OP
@@ -103,7 +104,7 @@ def pack_matmulnbits(q: np.ndarray, block: int) -> np.ndarray:
 @dataclass(frozen=True)
 class LoweredLayer:
     weight: str  # the dequantized weight's name (the layer's weight name in the manifest)
-    grouping: str  # "per-oc" | "per-ic"
+    grouping: Grouping
     group: int
     block_size: int  # MatMulNBits block_size (0 for our ops: no MatMulNBits blocks)
     nodes: int  # kernel nodes (KERNEL_OPS) emitted for this layer
@@ -210,7 +211,7 @@ class LowerToMatMulNBitsPass(ir.passes.InPlacePass):
         nodes, bs = lower(
             graph, m.matmul.inputs[0], m.q, m.scale, m.group, self.accuracy_level, tag
         )
-        grouping = "per-oc" if m.axis == 0 else "per-ic"
+        grouping = Grouping.PER_OC if m.axis == 0 else Grouping.PER_IC
         for node in nodes:
             node.metadata_props[LOWERED_MARK] = f"{grouping}:{m.group}:{bs}"
         ir.convenience.replace_nodes_and_values(

@@ -94,9 +94,9 @@ class WeightQuantConfig:
 @dataclass(frozen=True)
 class LayerQuantResult:
     weight: str
-    grouping: str
+    grouping: Grouping
     block: int
-    errors: dict[str, float]  # calibration output error tr(ΔBᵀHΔB) per grouping tried
+    errors: dict[Grouping, float]  # calibration output error tr(ΔBᵀHΔB) per grouping tried
     snr_db: float  # 10·log10(tr(BᵀHB) / error) of the kept grouping
 
 
@@ -211,9 +211,9 @@ class WeightQuantPass(ir.passes.InPlacePass):
             results.append(
                 LayerQuantResult(
                     weight=lin.name,
-                    grouping=best.value,
+                    grouping=best,
                     block=qw.block,
-                    errors={g.value: e for g, (_, e) in tried.items()},
+                    errors={g: e for g, (_, e) in tried.items()},
                     snr_db=10.0 * float(np.log10(ref / err)) if err > 0 else float("inf"),
                 )
             )

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from smoothrot.compiler.measure.probes import logits_probe, model_bytes, perplexity_pair
+from smoothrot.core.int4 import Grouping
 
 __all__ = ["jsonable", "write_report"]
 
@@ -65,7 +66,7 @@ def write_report(
         report["layers"] = jsonable(layers)
         counts: dict[str, int] = {}
         for layer in layers:
-            counts[layer.grouping] = counts.get(layer.grouping, 0) + 1
+            counts[layer.grouping.value] = counts.get(layer.grouping.value, 0) + 1
         report["grouping_counts"] = counts
         _plot_layers(result / "report_layers.png", layers)
     (result / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -81,13 +82,14 @@ def _plot_layers(path: Path, layers: list[Any]) -> None:
 
     x = np.arange(len(layers))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 6), sharex=True)
-    colors = ["tab:blue" if lay.grouping == "per-oc" else "tab:orange" for lay in layers]
+    colors = ["tab:blue" if lay.grouping is Grouping.PER_OC else "tab:orange" for lay in layers]
     top.bar(x, [lay.snr_db for lay in layers], color=colors)
     top.set_ylabel("calibration output SNR (dB)")
     top.set_title("INT4 weights per layer (blue: per-OC, orange: per-IC)")
     both = [lay for lay in layers if len(lay.errors) == 2]
     if both:
-        ratio = [lay.errors["per-ic"] / max(lay.errors["per-oc"], 1e-30) for lay in layers]
+        per_ic, per_oc = Grouping.PER_IC, Grouping.PER_OC
+        ratio = [lay.errors[per_ic] / max(lay.errors[per_oc], 1e-30) for lay in layers]
         bottom.semilogy(x, ratio, ".", color="tab:gray")
         bottom.axhline(1.0, color="k", lw=0.5)
         bottom.set_ylabel("per-IC / per-OC error")

@@ -122,7 +122,7 @@ def test_tiny_model_lowering_is_exact_at_level_0(tiny_qdq, tmp_path, mode, per_i
     lowering = LowerToMatMulNBitsPass(0, per_ic, per_oc)
     details = lowering(lowered).details
     assert len(details["lowered"]) == 2 * 7 and not details["skipped"]
-    assert {layer.grouping for layer in details["lowered"]} == {mode.value}
+    assert {layer.grouping.value for layer in details["lowered"]} == {mode.value}
     again = lowering(lowered)  # the same instance again: nothing left, nothing remembered
     assert not again.modified and again.details == {"lowered": [], "skipped": {}}
     ops = [n.op_type for n in lowered.graph]

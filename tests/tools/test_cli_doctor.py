@@ -39,7 +39,7 @@ def test_tensorrt_rtx_is_not_a_plugin_capable_tensorrt():
 
 def test_doctor_trt_without_tensorrt_or_gpu_fails_in_one_line(capsys):
     if not HERE.missing_for_plugins():
-        pytest.skip("TensorRT >= 10.9 and a GPU are here: tests/plugins/test_doctor.py runs --trt")
+        pytest.skip("TensorRT >= 10.9 and a GPU are here: test_doctor.py runs --trt")
     assert main(["doctor", "--trt"]) == 2
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()

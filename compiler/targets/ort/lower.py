@@ -107,7 +107,7 @@ def _report(
     stage: dict[str, Any],
 ) -> dict[str, Any]:
     lowering = lowered.layers
-    counts = Counter(layer.grouping for layer in lowering["lowered"])
+    counts = Counter(layer.grouping.value for layer in lowering["lowered"])
     report: dict[str, Any] = {
         "accuracy_level": config.accuracy_level,
         "per_ic_kernel": str(config.per_ic),

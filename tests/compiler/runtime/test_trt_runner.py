@@ -10,7 +10,7 @@ from smoothrot.compiler.runtime.ort_runner import OrtDecoder
 from smoothrot.compiler.targets.trt.build import build_model
 from smoothrot.core.errors import SmoothrotError
 from smoothrot.core.tensorrt import load_trt
-from tests.compiler.test_build import SMALL, _compile
+from tests.compiler.targets.trt.test_build import SMALL, _compile
 from tests.tools.test_cli import _fails_cleanly
 
 

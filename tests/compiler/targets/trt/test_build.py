@@ -1,8 +1,4 @@
-"""`smoothrot build`: TensorRT-RTX engines (built on the CPU) from compiled models, and refusals.
-
-TensorRT-RTX is an optional extra that `make setup` installs; where it is missing these tests
-skip, unless SMOOTHROT_REQUIRE_TRT_RTX=1 (CI) turns a missing install into a failure.
-"""
+"""smoothrot build on the tiny model: TensorRT-RTX engines built on the CPU, graphs checked."""
 
 import json
 import os
@@ -117,31 +113,3 @@ def test_engine_config_and_backend_errors(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # as on a machine without TensorRT
     with pytest.raises(SmoothrotError, match=r"tensorrt is not importable: .*>= 10\.9"):
         load_trt(TrtBackend.TENSORRT)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "recipe, grouping",
-    [
-        (Recipe.W4A16, GroupingMode.PER_OC),
-        (Recipe.W4A16, GroupingMode.PER_IC),  # AdaDim with RTN picks per-OC everywhere here
-        (Recipe.W4A8, GroupingMode.PER_OC),
-    ],
-)
-def test_default_model_engines_build(rtx, default_export, tmp_path, recipe, grouping):
-    qdq = _compile(default_export, tmp_path / "qdq", recipe, grouping, group=128, tokens=2048)
-    report = build_model(qdq, tmp_path / "trt", BuildConfig(TrtBackend.TENSORRT_RTX, SMALL, False))
-    int4 = report["graph"]["int4_weights"]
-    assert sum(int4.values()) == 30 * 7
-    assert int4[grouping.value] == 30 * 7
-    assert report["engine"]["header_valid"]
-    size = report["size_bytes"]
-    # Two profiles hold some weights twice (w4a16 per-OC: 186 MB with one, 258 MB with two);
-    # INT4 weights dequantized to fp16 would make it > 600 MB.
-    assert size["engine"] < 2 * size["trt_onnx"] and size["trt_onnx"] < 0.7 * size["qdq_onnx"]
-    fp16 = report["checks"]["fp16_vs_qdq"]
-    assert fp16["top1_agreement"] >= 0.95 and fp16["logit_snr_db"] > 25, fp16
-    if recipe is Recipe.W4A16:  # fp16 moves w4a16 logits by < 0.1 (60 dB): greedy holds
-        assert report["checks"]["greedy"]["leading_tokens_equal"] >= 16
-    # w4a8: fp16 flips some INT8 activation roundings; free-running greedy may part after a
-    # near-tie (4 of 32 tokens on this model, measured) while teacher-forced top-1 stays >= 95 %.
