@@ -49,8 +49,9 @@ from smoothrot.ortops.spec import DOMAIN as ORTOPS_DOMAIN
 from smoothrot.ortops.spec import OP_TYPE_PER_IC as PER_IC_OP
 from smoothrot.ortops.spec import OP_TYPE_PER_OC as PER_OC_OP
 from smoothrot.ortops.spec import pack_per_ic
+from smoothrot.passes._conditions import require_float32
 from smoothrot.passes._graph import new_initializer, remove_if_dead
-from smoothrot.passes.rules.int4_matmul import Int4MatMul, match_int4_matmul, reads_int4_weight
+from smoothrot.passes.rules.int4_matmul import Int4MatMul, int4_matmuls
 
 __all__ = [
     "LOWERED_MARK",
@@ -180,20 +181,18 @@ class LowerToMatMulNBitsPass(ir.passes.InPlacePass):
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise ValueError(f"accuracy level must be 0..4, got {self.accuracy_level}")
 
+    def requires(self, model: ir.Model) -> None:
+        require_float32(model, self.name)
+
     def call(self, model: ir.Model) -> PassReport:
         graph = model.graph
         lowered: list[LoweredLayer] = []
         skipped: dict[str, str] = {}
-        for node in [n for n in graph if reads_int4_weight(n)]:
-            match = match_int4_matmul(model, node)
-            if not match:
-                skipped[node.name or "?"] = match.reason
-                continue
-            found = Int4MatMul.of(match)
+        for found in int4_matmuls(model, skipped):
             try:
                 lowered.append(self._lower(graph, found))
             except ValueError as exc:
-                skipped[found.matmul.name or (found.dq.outputs[0].name or "linear")] = str(exc)
+                skipped[found.name] = str(exc)
         ops = {node.op_type for node in graph}
         if "MatMulNBits" in ops:
             model.opset_imports.setdefault(MS_DOMAIN, 1)

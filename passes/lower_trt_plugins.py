@@ -32,9 +32,10 @@ import onnx_ir as ir
 
 from smoothrot.core.int4 import Grouping
 from smoothrot.core.pass_infra import PassReport
+from smoothrot.passes._conditions import require_float32
 from smoothrot.passes._graph import ACT_QUANT_MARK, new_initializer, remove_if_dead
 from smoothrot.passes.rules.act_qdq import match_act_qdq
-from smoothrot.passes.rules.int4_matmul import Int4MatMul, match_int4_matmul, reads_int4_weight
+from smoothrot.passes.rules.int4_matmul import Int4MatMul, int4_matmuls
 from smoothrot.passes.rules.rotation import (
     KronHadamard,
     is_rotation_start,
@@ -80,21 +81,19 @@ class LowerToTrtPluginsPass(ir.passes.InPlacePass):
 
     name = "lower_trt_plugins"
 
+    def requires(self, model: ir.Model) -> None:
+        require_float32(model, self.name)
+
     def call(self, model: ir.Model) -> PassReport:
         graph = model.graph
         lowered: list[LoweredPlugin] = []
         skipped: dict[str, str] = {}
 
-        for node in [n for n in graph if reads_int4_weight(n)]:
-            match = match_int4_matmul(model, node)
-            if not match:
-                skipped[node.name or "?"] = match.reason
-                continue
-            found = Int4MatMul.of(match)
+        for found in int4_matmuls(model, skipped):
             try:
                 lowered.append(_lower_gemm(model, found))
             except _Skipped as why:
-                skipped[found.matmul.name or (found.dq.outputs[0].name or "linear")] = str(why)
+                skipped[found.name] = str(why)
         rule = KronHadamard().rule()
         for first in [n for n in graph if is_rotation_start(n)]:
             name = rotation_tag(first)

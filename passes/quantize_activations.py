@@ -16,6 +16,7 @@ import onnx_ir as ir
 from smoothrot.core.manifest import ModelDims
 from smoothrot.core.pass_infra import PassReport
 from smoothrot.core.qdq import QuantBits
+from smoothrot.passes._conditions import require_not_lowered
 from smoothrot.passes._graph import ACT_QUANT_MARK
 from smoothrot.passes._qdq import dynamic_qdq
 from smoothrot.passes.model_map import LAYER_SITES, Linear, Site, build_model_map
@@ -52,6 +53,9 @@ class ActQuantPass(ir.passes.InPlacePass):
     def __init__(self, dims: ModelDims, config: ActQuantConfig = ActQuantConfig()) -> None:
         super().__init__()
         self.dims, self.config = dims, config
+
+    def requires(self, model: ir.Model) -> None:
+        require_not_lowered(model, self.name)
 
     def call(self, model: ir.Model) -> PassReport:
         mm = build_model_map(model, self.dims).require()

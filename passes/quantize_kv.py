@@ -29,6 +29,7 @@ from smoothrot.core.hadamard import rotation_factors
 from smoothrot.core.manifest import KV_PREFIX_INPUT, ModelDims
 from smoothrot.core.pass_infra import PassReport
 from smoothrot.core.qdq import QuantBits
+from smoothrot.passes._conditions import require_not_lowered
 from smoothrot.passes._graph import new_initializer
 from smoothrot.passes._qdq import dynamic_qdq
 from smoothrot.passes.model_map import ModelMapError
@@ -78,6 +79,9 @@ class KVQuantPass(ir.passes.InPlacePass):
     def __init__(self, dims: ModelDims, config: KVQuantConfig = KVQuantConfig()) -> None:
         super().__init__()
         self.dims, self.config = dims, config
+
+    def requires(self, model: ir.Model) -> None:
+        require_not_lowered(model, self.name)
 
     def call(self, model: ir.Model) -> PassReport:
         if model.metadata_props.get(_MARK):

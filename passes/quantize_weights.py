@@ -34,7 +34,7 @@ from smoothrot.core.int4 import (
 )
 from smoothrot.core.manifest import ModelDims
 from smoothrot.core.pass_infra import PassReport
-from smoothrot.passes._conditions import ensure_blocked_int4
+from smoothrot.passes._conditions import ensure_blocked_int4, require_not_lowered
 from smoothrot.passes._graph import constant_array, drop_dead_initializers, new_initializer
 from smoothrot.passes.gptq import gptq
 from smoothrot.passes.model_map import Linear, build_model_map
@@ -184,6 +184,9 @@ class WeightQuantPass(ir.passes.InPlacePass):
     ) -> None:
         super().__init__()
         self.dims, self.hessian, self.config, self.progress = dims, hessian, config, progress
+
+    def requires(self, model: ir.Model) -> None:
+        require_not_lowered(model, self.name)
 
     def call(self, model: ir.Model) -> PassReport:
         mm = build_model_map(model, self.dims).require()

@@ -96,6 +96,57 @@ def tiny_model_dir(tmp_path_factory, default_tokenizer):
 
 
 @pytest.fixture(scope="session")
+def rtx():
+    """The TensorRT-RTX module (skips without it, fails where CI requires it)."""
+    from smoothrot.compiler.config import TrtBackend
+    from smoothrot.core.errors import SmoothrotError
+    from smoothrot.core.tensorrt import load_trt
+
+    try:
+        return load_trt(TrtBackend.TENSORRT_RTX)[1]
+    except SmoothrotError as exc:
+        if os.environ.get("SMOOTHROT_REQUIRE_TRT_RTX") == "1":
+            pytest.fail(f"TensorRT-RTX is required here: {exc}")
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def tiny_absmax(tiny_export, tmp_path_factory):
+    """Factory: abs-max calibration statistics of a tiny export (a lookup per Linear)."""
+    from smoothrot.compiler.calibrate.statistics import calibrate_dir
+    from smoothrot.compiler.calibrate.store import StatisticsLookup
+    from smoothrot.compiler.config import CalibrationConfig
+    from smoothrot.core.manifest import load_manifest
+
+    made = {}
+
+    def get(arch):
+        if arch not in made:
+            out = tmp_path_factory.mktemp(f"cal-{arch}") / "c"
+            cal = CalibrationConfig(64, 32, hessian=False)
+            calibrate_dir(tiny_export(arch), cal, out, progress=False)
+            made[arch] = StatisticsLookup(out, load_manifest(tiny_export(arch)), "absmax")
+        return made[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_hessian(tiny_export, tmp_path_factory):
+    """(export dir, manifest, Hessian lookup) of the tiny Llama."""
+    from smoothrot.compiler.calibrate.statistics import calibrate_dir
+    from smoothrot.compiler.calibrate.store import StatisticsLookup
+    from smoothrot.compiler.config import CalibrationConfig
+    from smoothrot.core.manifest import load_manifest
+
+    src = tiny_export("llama")
+    cal = tmp_path_factory.mktemp("cal-q") / "c"
+    calibrate_dir(src, CalibrationConfig(128, 32, hessian=True), cal, progress=False)
+    manifest = load_manifest(src)
+    return src, manifest, StatisticsLookup(cal, manifest, "hessian")
+
+
+@pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory, tiny_model_dir):
     """Factory: a tiny model exported to ONNX (cached per architecture and depth)."""
     made: dict[tuple[str, int], Path] = {}

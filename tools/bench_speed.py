@@ -210,7 +210,7 @@ def _plot(results: list[dict[str, Any]], path: Path) -> None:
     ax.barh(names, speeds, color=colors)
     ax.set_xlabel("decode tokens/s (batch 1, median)")
     # Right-aligned: the row labels leave the axes narrower than the title.
-    ax.set_title("SmolLM2-135M decode on this machine (orange: ours, lowered)", loc="right")
+    ax.set_title("SmolLM2-135M batch-1 decode (orange: ours, lowered)", loc="right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

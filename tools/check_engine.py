@@ -1,6 +1,6 @@
 """Run a built engine on a GPU against ONNX Runtime on the same graph, and time it.
 
-For a session with a GPU (the checks issue 6 leaves for one)::
+On a machine with an NVIDIA GPU and TensorRT::
 
     python -m smoothrot.tools.check_engine out/smollm2-w4a16-trt --fp16 out/smollm2-fp16-trt
 

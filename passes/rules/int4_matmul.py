@@ -24,7 +24,13 @@ from onnxscript.rewriter import pattern
 from smoothrot.passes._graph import constant_array, is_constant, producer_op
 from smoothrot.passes.rules._apply import match_at
 
-__all__ = ["Int4MatMul", "Int4MatMulPattern", "match_int4_matmul", "reads_int4_weight"]
+__all__ = [
+    "Int4MatMul",
+    "Int4MatMulPattern",
+    "int4_matmuls",
+    "match_int4_matmul",
+    "reads_int4_weight",
+]
 
 
 class Int4MatMulPattern(pattern.PatternBase):
@@ -104,3 +110,21 @@ class Int4MatMul:
         q = constant_array(match.bindings["q"]).astype(np.int8)
         scale = constant_array(match.bindings["scale"]).astype(np.float32)
         return cls(matmul, dq, q, scale, axis, group)
+
+    @property
+    def name(self) -> str:
+        """The layer's name in reports: the MatMul's, else its weight's."""
+        return self.matmul.name or (self.dq.outputs[0].name or "linear")
+
+
+def int4_matmuls(model: ir.Model, skipped: dict[str, str]) -> list[Int4MatMul]:
+    """Every MatMul of our INT4 form, in graph order; each other MatMul that reads an INT4
+    weight is entered in ``skipped`` by name with the reason."""
+    found = []
+    for node in [n for n in model.graph if reads_int4_weight(n)]:
+        match = match_int4_matmul(model, node)
+        if match:
+            found.append(Int4MatMul.of(match))
+        else:
+            skipped[node.name or "?"] = match.reason
+    return found

@@ -1,35 +1,13 @@
 """TensorRT-RTX engines of the real default model (w4a16 per-OC, per-IC/AdaDim, w4a8)."""
 
-import os
-
 import pytest
 
-from smoothrot.compiler.compile import compile_model
-from smoothrot.compiler.config import BuildConfig, CompileConfig, EngineConfig
+from smoothrot.compiler.config import BuildConfig
 from smoothrot.compiler.recipes import Recipe
 from smoothrot.compiler.targets.trt.build import build_model
-from smoothrot.core.errors import SmoothrotError
-from smoothrot.core.tensorrt import TrtBackend, load_trt
-from smoothrot.passes.quantize_weights import Algorithm, GroupingMode, WeightQuantConfig
-
-SMALL = EngineConfig(max_prompt=64, max_context=128, opt_prompt=16, opt_context=64)
-
-
-@pytest.fixture(scope="module")
-def rtx():
-    try:
-        return load_trt(TrtBackend.TENSORRT_RTX)[1]
-    except SmoothrotError as exc:
-        if os.environ.get("SMOOTHROT_REQUIRE_TRT_RTX") == "1":
-            pytest.fail(f"TensorRT-RTX is required here: {exc}")
-        pytest.skip(str(exc))
-
-
-def _compile(onnx_dir, out, recipe, grouping, group=32, tokens=1024):
-    weights = WeightQuantConfig(grouping, group, Algorithm.RTN)
-    config = CompileConfig(recipe, weights=weights, calibration_tokens=tokens, evaluate=False)
-    compile_model(out, config, onnx_dir=onnx_dir)
-    return out
+from smoothrot.core.tensorrt import TrtBackend
+from smoothrot.passes.quantize_weights import GroupingMode
+from tests.helpers import SMALL_ENGINE, compile_rtn
 
 
 @pytest.mark.slow
@@ -42,8 +20,10 @@ def _compile(onnx_dir, out, recipe, grouping, group=32, tokens=1024):
     ],
 )
 def test_default_model_engines_build(rtx, default_export, tmp_path, recipe, grouping):
-    qdq = _compile(default_export, tmp_path / "qdq", recipe, grouping, group=128, tokens=2048)
-    report = build_model(qdq, tmp_path / "trt", BuildConfig(TrtBackend.TENSORRT_RTX, SMALL, False))
+    qdq = compile_rtn(default_export, tmp_path / "qdq", recipe, grouping, group=128, tokens=2048)
+    report = build_model(
+        qdq, tmp_path / "trt", BuildConfig(TrtBackend.TENSORRT_RTX, SMALL_ENGINE, False)
+    )
     int4 = report["graph"]["int4_weights"]
     assert sum(int4.values()) == 30 * 7
     assert int4[grouping.value] == 30 * 7

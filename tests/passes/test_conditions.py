@@ -122,3 +122,20 @@ def test_one_decoder_layer_graph_keeps_its_logits_through_the_exact_chain(tiny, 
     ref, _ = OrtDecoder(src).forward(ids)
     got, _ = OrtDecoder(out).forward(ids)
     assert np.abs(got - ref).max() < 1e-4 * np.abs(ref).max()
+
+
+def test_lowerings_refuse_fp16_and_quantizers_refuse_lowered_graphs(tiny):
+    src, dims, _ = tiny
+    half = ir.load(src / "model.onnx")
+    Fp16Pass(dims)(half)
+    lowerings = [LowerToMatMulNBitsPass(), LowerRotationPass(), LowerAttentionPass()]
+    for p in [*lowerings, LowerToTrtPluginsPass()]:
+        with pytest.raises(PassPreconditionError, match=f"{p.name} needs a float32 graph"):
+            p(half)
+    lowered = ir.load(src / "model.onnx")
+    WeightQuantPass(dims, lambda _: None, RTN)(lowered)
+    LowerToMatMulNBitsPass(0, PerIcKernel.ORTOPS, PerOcKernel.ORTOPS)(lowered)
+    quantizers = [WeightQuantPass(dims, lambda _: None, RTN), ActQuantPass(dims), KVQuantPass(dims)]
+    for p in quantizers:
+        with pytest.raises(PassPreconditionError, match=f"{p.name} needs the QDQ graph"):
+            p(lowered)

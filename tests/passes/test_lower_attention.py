@@ -9,7 +9,8 @@ from smoothrot.compiler.measure.probes import teacher_forced_logits
 from smoothrot.compiler.runtime.ort_runner import OrtDecoder
 from smoothrot.ortops.spec import OP_TYPE_ATTENTION
 from smoothrot.passes.lower_attention import LowerAttentionPass
-from tests.passes.test_lower_ort import IDS, _save
+from tests.helpers import save_copy
+from tests.passes.test_lower_ort import IDS
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])  # mistral: sliding window
@@ -26,7 +27,7 @@ def test_attention_becomes_one_node_per_layer_with_the_same_logits(tiny_export, 
     assert ops.count("Expand") == before.count("Expand") - 2 * 2  # the K and V head repeats
     assert len(ops) < len(before) - 2 * 15  # some 20 nodes per layer become one
     ref = teacher_forced_logits(OrtDecoder(src), IDS, decode_steps=8)
-    got = teacher_forced_logits(OrtDecoder(_save(model, src, tmp_path / "low")), IDS, 8)
+    got = teacher_forced_logits(OrtDecoder(save_copy(model, src, tmp_path / "low")), IDS, 8)
     assert np.abs(got - ref).max() < 1e-4 * np.abs(ref).max()
     again = lowering(model)  # the same instance: no Softmax left, nothing remembered
     assert not again.modified and again.details == {"lowered": 0, "skipped": {}}

@@ -1,14 +1,11 @@
 """ORT lowering: MatMulNBits packing, per-OC / per-IC rewrites exact at level 0, norms as Div."""
 
-import shutil
-
 import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
 from smoothrot.compiler.measure.layer_graphs import linear_layer_model, quantized_layer_weight
-from smoothrot.compiler.modeldir.model_dir import save_model
 from smoothrot.compiler.runtime.ort_runner import OrtDecoder
 from smoothrot.core.int4 import Grouping
 from smoothrot.core.manifest import load_manifest
@@ -28,6 +25,7 @@ from smoothrot.passes.quantize_weights import (
     WeightQuantConfig,
     WeightQuantPass,
 )
+from tests.helpers import save_copy
 
 IDS = np.random.default_rng(3).integers(0, 49152, size=(1, 24))
 
@@ -93,14 +91,6 @@ def tiny_qdq(tiny_export):
     return src, made
 
 
-def _save(model: ir.Model, src, dst):
-    shutil.copytree(src, dst)
-    for f in ("model.onnx", "model.onnx.data"):
-        (dst / f).unlink()
-    save_model(model, dst)
-    return dst
-
-
 TINY_CASES = [  # (MatMulNBits, MatMulInt4PerIC, MatMulInt4PerOC) nodes
     (GroupingMode.PER_OC, PerIcKernel.ORTOPS, PerOcKernel.MATMULNBITS, (14, 0, 0)),
     (GroupingMode.PER_OC, PerIcKernel.ORTOPS, PerOcKernel.ORTOPS, None),
@@ -117,7 +107,7 @@ TINY_CASES = [  # (MatMulNBits, MatMulInt4PerIC, MatMulInt4PerOC) nodes
 @pytest.mark.parametrize(("mode", "per_ic", "per_oc", "counts"), TINY_CASES)
 def test_tiny_model_lowering_is_exact_at_level_0(tiny_qdq, tmp_path, mode, per_ic, per_oc, counts):
     src, models = tiny_qdq
-    qdq_dir = _save(models[mode], src, tmp_path / "qdq")
+    qdq_dir = save_copy(models[mode], src, tmp_path / "qdq")
     lowered = ir.load(qdq_dir / "model.onnx")
     lowering = LowerToMatMulNBitsPass(0, per_ic, per_oc)
     details = lowering(lowered).details
@@ -136,7 +126,7 @@ def test_tiny_model_lowering_is_exact_at_level_0(tiny_qdq, tmp_path, mode, per_i
     used = {v.name for n in lowered.graph for v in n.inputs if v is not None}
     assert set(lowered.graph.initializers) <= used  # the INT4 QDQ constants are gone
     ref, _ = OrtDecoder(qdq_dir).forward(IDS)
-    got, _ = OrtDecoder(_save(lowered, src, tmp_path / "low")).forward(IDS)
+    got, _ = OrtDecoder(save_copy(lowered, src, tmp_path / "low")).forward(IDS)
     assert np.abs(got - ref).max() < 1e-4 * np.abs(ref).max()
 
 
@@ -159,5 +149,5 @@ def test_norm_div_rewrite_keeps_logits(tiny_export, tmp_path):
     assert not rewrite(model).modified  # idempotent: no Reciprocal left
     assert not any(n.op_type == "Reciprocal" for n in model.graph)
     ref, _ = OrtDecoder(src).forward(IDS)
-    got, _ = OrtDecoder(_save(model, src, tmp_path / "div")).forward(IDS)
+    got, _ = OrtDecoder(save_copy(model, src, tmp_path / "div")).forward(IDS)
     assert np.abs(got - ref).max() < 1e-4 * np.abs(ref).max()

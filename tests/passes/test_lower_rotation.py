@@ -10,7 +10,8 @@ from smoothrot.ortops.spec import OP_TYPE_ROTATION
 from smoothrot.passes._graph import ROTATION_MARK, constant_array, set_constant
 from smoothrot.passes.lower_rotation import LowerRotationPass
 from smoothrot.passes.online_rotation import OnlineRotationPass
-from tests.passes.test_lower_ort import IDS, _save
+from tests.helpers import save_copy
+from tests.passes.test_lower_ort import IDS
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def rotated(tiny_export, tmp_path_factory):
     src = tiny_export("llama")
     model = ir.load(src / "model.onnx")
     OnlineRotationPass(load_manifest(src).dims)(model)
-    return src, _save(model, src, tmp_path_factory.mktemp("rot") / "model")
+    return src, save_copy(model, src, tmp_path_factory.mktemp("rot") / "model")
 
 
 def _marked(model: ir.Model) -> list[str]:
@@ -40,7 +41,7 @@ def test_rotations_become_one_node_each_with_the_same_logits(rotated, tmp_path):
     again = lowering(model)  # the same instance: it kept nothing from the first call
     assert not again.modified and again.details == {"lowered": 0, "skipped": {}}
     ref, _ = OrtDecoder(rot_dir).forward(IDS)
-    got, _ = OrtDecoder(_save(model, src, tmp_path / "low")).forward(IDS)
+    got, _ = OrtDecoder(save_copy(model, src, tmp_path / "low")).forward(IDS)
     assert np.abs(got - ref).max() < 1e-4 * np.abs(ref).max()
 
 

@@ -1,49 +1,23 @@
 """KVQuantPass: the KV cache quantized except the kept prompt positions (BiSup's P)."""
 
-import shutil
-
 import numpy as np
 import onnx_ir as ir
-import pytest
 
-from smoothrot.compiler.calibrate.statistics import calibrate_dir
-from smoothrot.compiler.calibrate.store import StatisticsLookup
-from smoothrot.compiler.config import CalibrationConfig
-from smoothrot.compiler.modeldir.model_dir import save_model
 from smoothrot.compiler.runtime.ort_runner import OrtDecoder
 from smoothrot.core.hadamard import rotation_factors
-from smoothrot.core.manifest import load_manifest
 from smoothrot.core.qdq import QuantBits, dynamic_qdq_reference
 from smoothrot.passes.quantize_kv import KV_PREFIX_INPUT, KVQuantConfig, KVQuantPass
+from tests.helpers import save_copy
 
 IDS = np.random.default_rng(2).integers(0, 49152, size=(1, 20))
 
 
-@pytest.fixture(scope="module")
-def llama(tiny_export, tmp_path_factory):
-    """(export dir, manifest, hessian lookup) of the tiny Llama."""
-    src = tiny_export("llama")
-    cal = tmp_path_factory.mktemp("cal-q") / "c"
-    calibrate_dir(src, CalibrationConfig(128, 32, hessian=True), cal, progress=False)
-    manifest = load_manifest(src)
-    return src, manifest, StatisticsLookup(cal, manifest, "hessian")
-
-
-def _save_and_run(model: ir.Model, src, tmp_path) -> OrtDecoder:
-    dst = tmp_path / "m"
-    shutil.copytree(src, dst)
-    for f in ("model.onnx", "model.onnx.data"):
-        (dst / f).unlink()
-    save_model(model, dst)
-    return OrtDecoder(dst)
-
-
-def test_kv_pass_keeps_the_prompt_positions_and_quantizes_the_rest(llama, tmp_path):
-    src, manifest, _ = llama
+def test_kv_pass_keeps_the_prompt_positions_and_quantizes_the_rest(tiny_hessian, tmp_path):
+    src, manifest, _ = tiny_hessian
     model = ir.load(src / "model.onnx")
     assert KVQuantPass(manifest.dims, KVQuantConfig(QuantBits.INT4, keep_prefix=8))(model).modified
     assert not KVQuantPass(manifest.dims)(model).modified
-    decoder = _save_and_run(model, src, tmp_path)
+    decoder = OrtDecoder(save_copy(model, src, tmp_path / "m"))
     fp_logits, fp_present = OrtDecoder(src).forward(IDS)
     logits, present = decoder.forward(IDS)
     key0, fp_key0 = present[0], fp_present[0]  # layer 0 key: computed before any quantization

@@ -1,19 +1,12 @@
 """WeightQuantPass: INT4 weights equal the reference quantizer; AdaDim's choice; packed on disk."""
 
-import shutil
-
 import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 import pytest
 
-from smoothrot.compiler.calibrate.statistics import calibrate_dir
-from smoothrot.compiler.calibrate.store import StatisticsLookup
-from smoothrot.compiler.config import CalibrationConfig
-from smoothrot.compiler.modeldir.model_dir import save_model
 from smoothrot.compiler.runtime.ort_runner import OrtDecoder
 from smoothrot.core.int4 import Grouping
-from smoothrot.core.manifest import load_manifest
 from smoothrot.core.pass_infra import PassPreconditionError
 from smoothrot.passes.fold_norm import FoldNormGammaPass
 from smoothrot.passes.model_map import build_model_map
@@ -24,35 +17,17 @@ from smoothrot.passes.quantize_weights import (
     WeightQuantPass,
     quantize_layer,
 )
+from tests.helpers import save_copy
 
 IDS = np.random.default_rng(2).integers(0, 49152, size=(1, 20))
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_export, tmp_path_factory):
-    """(export dir, manifest, hessian lookup) of the tiny Llama."""
-    src = tiny_export("llama")
-    cal = tmp_path_factory.mktemp("cal-q") / "c"
-    calibrate_dir(src, CalibrationConfig(128, 32, hessian=True), cal, progress=False)
-    manifest = load_manifest(src)
-    return src, manifest, StatisticsLookup(cal, manifest, "hessian")
-
-
-def _save_and_run(model: ir.Model, src, tmp_path) -> OrtDecoder:
-    dst = tmp_path / "m"
-    shutil.copytree(src, dst)
-    for f in ("model.onnx", "model.onnx.data"):
-        (dst / f).unlink()
-    save_model(model, dst)
-    return OrtDecoder(dst)
 
 
 def _snr_db(ref: np.ndarray, got: np.ndarray) -> float:
     return float(20 * np.log10(np.linalg.norm(ref) / np.linalg.norm(ref - got)))
 
 
-def test_weight_pass_stores_the_reference_quantizer_output(llama, tmp_path):
-    src, manifest, hessian = llama
+def test_weight_pass_stores_the_reference_quantizer_output(tiny_hessian, tmp_path):
+    src, manifest, hessian = tiny_hessian
     model = ir.load(src / "model.onnx")
     config = WeightQuantConfig(GroupingMode.PER_IC, 32, Algorithm.GPTQ)
     mm = build_model_map(model, manifest.dims).require()
@@ -77,13 +52,13 @@ def test_weight_pass_stores_the_reference_quantizer_output(llama, tmp_path):
     assert not again.modified and again.details["layers"] == []
     with pytest.raises(PassPreconditionError, match="fold_norm_gamma needs float weights"):
         FoldNormGammaPass(manifest.dims)(model)
-    logits = _save_and_run(model, src, tmp_path).forward(IDS)[0]
+    logits = OrtDecoder(save_copy(model, src, tmp_path / "m")).forward(IDS)[0]
     ref_logits = OrtDecoder(src).forward(IDS)[0]
     assert 10.0 < _snr_db(ref_logits, logits) < 80.0  # lossy, but close
 
 
-def test_adadim_keeps_the_grouping_with_the_smaller_error(llama):
-    src, manifest, hessian = llama
+def test_adadim_keeps_the_grouping_with_the_smaller_error(tiny_hessian):
+    src, manifest, hessian = tiny_hessian
     model = ir.load(src / "model.onnx")
     p = WeightQuantPass(manifest.dims, hessian, WeightQuantConfig(GroupingMode.ADADIM, 32))
     for r in p(model).details["layers"]:
@@ -92,8 +67,8 @@ def test_adadim_keeps_the_grouping_with_the_smaller_error(llama):
         assert np.isfinite(r.snr_db) and r.snr_db > 5
 
 
-def test_int4_initializer_is_packed_on_disk(llama, tmp_path):
-    src, manifest, hessian = llama
+def test_int4_initializer_is_packed_on_disk(tiny_hessian, tmp_path):
+    src, manifest, hessian = tiny_hessian
     model = ir.load(src / "model.onnx")
     WeightQuantPass(manifest.dims, hessian, WeightQuantConfig(algorithm=Algorithm.RTN))(model)
     q = next(v for v in model.graph.initializers.values() if v.name.endswith(".int4"))

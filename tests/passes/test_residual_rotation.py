@@ -1,12 +1,9 @@
 """ResidualRotationPass: fused R1 + per-head R2, logits unchanged; unfolded norms refused."""
 
-import shutil
-
 import numpy as np
 import onnx_ir as ir
 import pytest
 
-from smoothrot.compiler.modeldir.model_dir import save_model
 from smoothrot.compiler.runtime.ort_runner import OrtDecoder
 from smoothrot.core.manifest import load_manifest
 from smoothrot.core.pass_infra import PassPreconditionError
@@ -14,20 +11,9 @@ from smoothrot.passes.fold_norm import FoldNormGammaPass
 from smoothrot.passes.online_rotation import ROTATION_MARK
 from smoothrot.passes.residual_rotation import ResidualRotationPass
 from tests.conftest import TINY_ARCHITECTURES
+from tests.helpers import run_passes
 
 IDS = np.random.default_rng(1).integers(0, 49152, size=(1, 24))
-
-
-def _apply(src, tmp_path, passes) -> tuple[ir.Model, list[bool], np.ndarray]:
-    """Run ``passes`` on a copy of the export in ``src``; return (model, modified, logits)."""
-    dst = tmp_path / "m"
-    shutil.copytree(src, dst)
-    model = ir.load(src / "model.onnx")
-    modified = [p(model).modified for p in passes]
-    (dst / "model.onnx").unlink()
-    (dst / "model.onnx.data").unlink()
-    save_model(model, dst)
-    return model, modified, OrtDecoder(dst).forward(IDS)[0]
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
@@ -36,7 +22,7 @@ def test_residual_rotation(tiny_export, tmp_path, arch):
     dims = load_manifest(src).dims
     ref = OrtDecoder(src).forward(IDS)[0]
     rot = ResidualRotationPass(dims)
-    model, modified, ours = _apply(src, tmp_path, [FoldNormGammaPass(dims), rot, rot])
+    model, modified, ours = run_passes(src, tmp_path, [FoldNormGammaPass(dims), rot, rot], IDS)
     assert modified == [True, True, False]
     assert not any(n.metadata_props.get(ROTATION_MARK) for n in model.graph)  # nothing inserted
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)

@@ -1,29 +1,17 @@
 """Fp16Pass: fp16 compute with fp32 norm statistics, rotary angles and logits."""
 
-import shutil
-
 import numpy as np
 import onnx_ir as ir
 import pytest
 
-from smoothrot.compiler.modeldir.model_dir import save_model
 from smoothrot.compiler.runtime.ort_runner import OrtDecoder
 from smoothrot.core.manifest import load_manifest
 from smoothrot.core.pass_infra import PassPreconditionError
 from smoothrot.passes.model_map import ModelMapError
 from smoothrot.passes.to_fp16 import FP16_MAX, Fp16Pass
+from tests.helpers import save_copy
 
 IDS = np.array([[1, 504, 3287, 8925, 9, 253, 30, 2478, 253, 1329, 28, 3114]], np.int64)
-
-
-def _save(model: ir.Model, src, dst, dtype: str):
-    shutil.copytree(src, dst)
-    for f in ("model.onnx", "model.onnx.data"):
-        (dst / f).unlink()
-    save_model(model, dst)
-    text = (dst / "smoothrot.json").read_text().replace('"dtype": "fp32"', f'"dtype": "{dtype}"')
-    (dst / "smoothrot.json").write_text(text)
-    return dst
 
 
 def test_fp16_keeps_norm_statistics_and_rotary_in_fp32(tiny_export, tmp_path):
@@ -51,7 +39,7 @@ def test_fp16_keeps_norm_statistics_and_rotary_in_fp32(tiny_export, tmp_path):
     big = [v for v in graph.initializers.values() if v.dtype == ir.DataType.FLOAT16]
     assert max(np.abs(v.const_value.numpy()).max() for v in big) <= FP16_MAX
     ref, _ = OrtDecoder(src).forward(IDS)
-    got, _ = OrtDecoder(_save(model, src, tmp_path / "fp16", "fp16")).forward(IDS)
+    got, _ = OrtDecoder(save_copy(model, src, tmp_path / "fp16", "fp16")).forward(IDS)
     cos = (ref * got).sum(-1) / np.linalg.norm(ref, axis=-1) / np.linalg.norm(got, axis=-1)
     assert cos.min() > 0.9999 and (ref.argmax(-1) == got.argmax(-1)).all()
 

@@ -2,7 +2,7 @@
 CPU form, with a report that proves the lowering and measures what the shipped level costs.
 
 ``LowerToMatMulNBitsPass`` rewrites every INT4 QDQ MatMul (see ``passes/lower_ort.py``): per-OC
-and per-IC layers become our own ONNX Runtime ops (``ortops/``, built on this machine on first
+and per-IC layers become our own ONNX Runtime ops (``ortops/``, compiled where it runs on first
 use; ``--per-oc matmulnbits`` / ``--per-ic split`` keep to ONNX Runtime's own ops, slower);
 ``LowerRotationPass`` turns each online Hadamard rotation (four Kronecker-factored nodes) into
 one ``KroneckerRotation`` node of ours (``--rotation matmul`` keeps the four);
@@ -155,7 +155,7 @@ def lower_model(source: Path, out: Path, config: LowerConfig = LowerConfig()) ->
         or lowered.rotations["lowered"]
         or lowered.attention["lowered"]
     ):
-        library_path(build=True)  # fails here, in one line, if this machine cannot build it
+        library_path(build=True)  # fails here, in one line, if it cannot be built here
     stage = {
         "stage": "lower_ort",
         "seconds": 0.0,

@@ -10,7 +10,7 @@ from smoothrot.compiler.runtime.ort_runner import OrtDecoder
 from smoothrot.compiler.targets.trt.build import build_model
 from smoothrot.core.errors import SmoothrotError
 from smoothrot.core.tensorrt import load_trt
-from tests.compiler.targets.trt.test_build import SMALL, _compile
+from tests.helpers import SMALL_ENGINE, compile_rtn
 from tests.tools.test_cli import _fails_cleanly
 
 
@@ -36,9 +36,9 @@ def test_engine_matches_onnx_runtime_on_a_gpu(tiny_export, tmp_path):
         backend, _ = load_trt()
     except SmoothrotError as exc:
         pytest.skip(str(exc))
-    qdq = _compile(tiny_export("llama"), tmp_path / "qdq", *_w4a8())
+    qdq = compile_rtn(tiny_export("llama"), tmp_path / "qdq", *_w4a8())
     built = tmp_path / "trt"
-    build_model(qdq, built, BuildConfig(backend, SMALL, evaluate=False))
+    build_model(qdq, built, BuildConfig(backend, SMALL_ENGINE, evaluate=False))
     prompt = [1, 504, 3287, 8925, 9, 253, 30, 2478]
     ort_decoder, trt_decoder = OrtDecoder(built, optimize=False), TrtDecoder(built)
     assert trt_decoder.generate(prompt, 32) == ort_decoder.generate(prompt, 32)

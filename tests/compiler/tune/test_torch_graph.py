@@ -11,12 +11,12 @@ import torch
 from smoothrot.compiler.compile import compile_model
 from smoothrot.compiler.config import CompileConfig
 from smoothrot.compiler.recipes import Recipe
-from smoothrot.compiler.runtime.ort_runner import OrtDecoder
 from smoothrot.compiler.tune.graph_blocks import decoder_blocks, head_nodes
 from smoothrot.compiler.tune.torch_graph import TorchGraph, torch_feeds
-from smoothrot.core.manifest import Manifest, load_manifest
+from smoothrot.core.manifest import Manifest
 from smoothrot.passes.model_map import ModelMapError, build_model_map
 from smoothrot.passes.quantize_weights import Algorithm, GroupingMode, WeightQuantConfig
+from tests.helpers import check_torch_logits_match_ort, load_graph
 
 
 @pytest.fixture(scope="module")
@@ -29,30 +29,8 @@ def tiny_w4a4(tiny_export, tmp_path_factory):
     return out
 
 
-def _load(directory) -> tuple[ir.Model, Manifest]:
-    manifest = load_manifest(directory)
-    return ir.load(str(directory / manifest.model_file)), manifest
-
-
 def _ids(manifest: Manifest, batch: int, seq: int) -> np.ndarray:
     return np.random.default_rng(0).integers(0, manifest.dims.vocab, (batch, seq))
-
-
-def _torch_logits(directory, ids: np.ndarray) -> np.ndarray:
-    model, manifest = _load(directory)
-    with torch.no_grad():
-        out = TorchGraph(model).run(torch_feeds(manifest, ids), keep=["logits"])
-    return out["logits"].numpy()
-
-
-def _check_logits_match_ort(directory, batch: int, seq: int) -> float:
-    manifest = load_manifest(directory)
-    ids = _ids(manifest, batch, seq)
-    ref, _ = OrtDecoder(directory, optimize=False).forward(ids)
-    ours = _torch_logits(directory, ids)
-    error = float(np.abs(ours - ref).max())
-    assert error <= 1e-4 * np.abs(ref).max(), error
-    return error
 
 
 def _act_qdq_nodes(block_nodes) -> list[ir.Node]:
@@ -119,17 +97,17 @@ _OPS = {
 
 
 def test_fp32_graph_logits_match_onnx_runtime(tiny_export):
-    _check_logits_match_ort(tiny_export("llama"), 2, 16)  # measured: 4e-7 of max |logits|
+    check_torch_logits_match_ort(tiny_export("llama"), 2, 16)  # measured: 4e-7 of max |logits|
 
 
 def test_w4a4_graph_logits_match_onnx_runtime(tiny_w4a4):
     # Torch and ORT differ only by fp32 summation order, which could flip a quantizer's round at
     # a .5 boundary; none flips here (measured: 3e-7 of max |logits|), so the tolerance stays.
-    _check_logits_match_ort(tiny_w4a4, 2, 16)
+    check_torch_logits_match_ort(tiny_w4a4, 2, 16)
 
 
 def test_prologue_blocks_and_head_reproduce_the_whole_graph(tiny_w4a4):
-    model, manifest = _load(tiny_w4a4)
+    model, manifest = load_graph(tiny_w4a4)
     ids = _ids(manifest, 2, 12)
     runner = TorchGraph(model)
     prologue, blocks = decoder_blocks(model, manifest.dims)
@@ -154,7 +132,7 @@ def test_prologue_blocks_and_head_reproduce_the_whole_graph(tiny_w4a4):
 
 
 def test_gradient_reaches_an_int4_weight_scale(tiny_w4a4):
-    model, manifest = _load(tiny_w4a4)
+    model, manifest = load_graph(tiny_w4a4)
     runner = TorchGraph(model)
     prologue, blocks = decoder_blocks(model, manifest.dims)
     dq = build_model_map(model, manifest.dims).require().layers[0].q.dequantize
@@ -173,7 +151,7 @@ def test_gradient_reaches_an_int4_weight_scale(tiny_w4a4):
 
 
 def test_straight_through_round_passes_gradient(tiny_w4a4):
-    model, manifest = _load(tiny_w4a4)
+    model, manifest = load_graph(tiny_w4a4)
     _, blocks = decoder_blocks(model, manifest.dims)
     nodes = _act_qdq_nodes(blocks[0].nodes)
     x_name, y_name = nodes[-2].inputs[0].name, nodes[-1].outputs[0].name
@@ -217,7 +195,7 @@ def test_edge_cases_match_onnx_runtime(case):
 
 
 def test_a_block_reading_another_blocks_value_is_refused(tiny_export):
-    model, manifest = _load(tiny_export("llama"))
+    model, manifest = load_graph(tiny_export("llama"))
     softmax = [n for n in model.graph if n.op_type == "Softmax"]  # one per layer
     leak = ir.node("Add", [softmax[1].inputs[0], softmax[0].outputs[0]], name="leak")
     model.graph.insert_before(softmax[1], leak)

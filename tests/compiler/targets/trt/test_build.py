@@ -1,7 +1,6 @@
 """smoothrot build on the tiny model: TensorRT-RTX engines built on the CPU, graphs checked."""
 
 import json
-import os
 import sys
 
 import onnx_ir as ir
@@ -16,32 +15,14 @@ from smoothrot.core.errors import SmoothrotError
 from smoothrot.core.tensorrt import ENGINE_FILE, TrtBackend, load_trt
 from smoothrot.passes.quantize_weights import Algorithm, GroupingMode, WeightQuantConfig
 from smoothrot.tools.cli import main
+from tests.helpers import SMALL_ENGINE, compile_rtn
 from tests.tools.test_cli import _fails_cleanly
-
-SMALL = EngineConfig(max_prompt=64, max_context=128, opt_prompt=16, opt_context=64)
-
-
-@pytest.fixture(scope="module")
-def rtx():
-    try:
-        return load_trt(TrtBackend.TENSORRT_RTX)[1]
-    except SmoothrotError as exc:
-        if os.environ.get("SMOOTHROT_REQUIRE_TRT_RTX") == "1":
-            pytest.fail(f"TensorRT-RTX is required here: {exc}")
-        pytest.skip(str(exc))
-
-
-def _compile(onnx_dir, out, recipe, grouping, group=32, tokens=1024):
-    weights = WeightQuantConfig(grouping, group, Algorithm.RTN)
-    config = CompileConfig(recipe, weights=weights, calibration_tokens=tokens, evaluate=False)
-    compile_model(out, config, onnx_dir=onnx_dir)
-    return out
 
 
 def test_tiny_w4a8_engine_builds_and_its_graph_is_checked(rtx, tiny_export, tmp_path):
-    qdq = _compile(tiny_export("llama"), tmp_path / "qdq", Recipe.W4A8, GroupingMode.ADADIM)
+    qdq = compile_rtn(tiny_export("llama"), tmp_path / "qdq", Recipe.W4A8, GroupingMode.ADADIM)
     out = tmp_path / "trt"
-    config = BuildConfig(TrtBackend.TENSORRT_RTX, SMALL, evaluate=False)
+    config = BuildConfig(TrtBackend.TENSORRT_RTX, SMALL_ENGINE, evaluate=False)
     report = build_model(qdq, out, config)
     assert (out / ENGINE_FILE).stat().st_size == report["size_bytes"]["engine"] > 0
     assert report["engine"]["header_valid"] and report["graph"]["qdq_rewritten"] == 2 * 4
@@ -65,7 +46,7 @@ def test_tiny_w4a4kv4_engine_builds_with_its_kv_cache_qdq(rtx, tiny_export, tmp_
         Recipe.W4A4KV4, weights=weights, kv_prefix=4, calibration_tokens=1024, evaluate=False
     )
     compile_model(tmp_path / "qdq", config, onnx_dir=tiny_export("llama"))
-    build = BuildConfig(TrtBackend.TENSORRT_RTX, SMALL, evaluate=False)
+    build = BuildConfig(TrtBackend.TENSORRT_RTX, SMALL_ENGINE, evaluate=False)
     report = build_model(tmp_path / "qdq", tmp_path / "trt", build)
     assert report["graph"]["qdq_rewritten"] > 2 * 4  # activations and the K/V entries
     assert report["checks"]["exactness_fp32"]["max_abs_logit_diff"] == 0.0
@@ -88,7 +69,7 @@ def test_build_refuses_what_it_cannot_build(rtx, capsys, tiny_export, tmp_path):
 
 
 def test_plugin_graph_keeps_plugin_constants_fp32(tiny_export, tmp_path, capsys):
-    qdq = _compile(tiny_export("llama"), tmp_path / "qdq", Recipe.W4A8, GroupingMode.PER_IC)
+    qdq = compile_rtn(tiny_export("llama"), tmp_path / "qdq", Recipe.W4A8, GroupingMode.PER_IC)
     model, info = trt_graph(qdq, plugins=True)
     # w4a8 rotates: one online Hadamard per layer (down_proj's input)
     assert info["plugins"] == {"w4a8_gemm": 2 * 7, "kron_hadamard": 2}
