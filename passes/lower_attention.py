@@ -27,7 +27,6 @@ import onnx_ir.passes.common as common_passes
 from smoothrot.core.pass_infra import PassReport
 from smoothrot.ortops.spec import DOMAIN as ORTOPS_DOMAIN
 from smoothrot.ortops.spec import OP_TYPE_ATTENTION
-from smoothrot.passes._conditions import require_float32
 from smoothrot.passes._graph import constant_array, is_constant, scalar_constant
 
 __all__ = ["AttentionKernel", "LowerAttentionPass"]
@@ -177,9 +176,6 @@ class LowerAttentionPass(ir.passes.InPlacePass):
     """``details``: ``lowered`` (count), ``skipped`` (Softmax name → why it stays)."""
 
     name = "lower_attention"
-
-    def requires(self, model: ir.Model) -> None:
-        require_float32(model, self.name)
 
     def call(self, model: ir.Model) -> PassReport:
         graph = model.graph

@@ -22,7 +22,6 @@ import onnx_ir as ir
 
 from smoothrot.core.pass_infra import PassReport
 from smoothrot.ortops.spec import DOMAIN as ORTOPS_DOMAIN
-from smoothrot.passes._conditions import require_float32
 from smoothrot.passes.rules.rotation import KroneckerRotation, is_rotation_start, lower_rotation
 
 __all__ = ["LowerRotationPass", "RotationKernel"]
@@ -37,9 +36,6 @@ class LowerRotationPass(ir.passes.InPlacePass):
     """``details``: ``lowered`` (count), ``skipped`` (first node's name → why it stays)."""
 
     name = "lower_rotation"
-
-    def requires(self, model: ir.Model) -> None:
-        require_float32(model, self.name)
 
     def call(self, model: ir.Model) -> PassReport:
         rule, lowered, skipped = KroneckerRotation().rule(), 0, {}
