@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,14 +25,14 @@ from smoothrot.compiler.calibrate.store import statistics_store
 from smoothrot.compiler.config import CompileConfig, ExportConfig, Target
 from smoothrot.compiler.export.exporter import export_model
 from smoothrot.compiler.modeldir.model_dir import save_model, write_model_dir
-from smoothrot.compiler.modeldir.outdir import atomic_output_dir, check_output_dir
+from smoothrot.compiler.modeldir.model_graph import load_graph
+from smoothrot.compiler.modeldir.outdir import staged_output
 from smoothrot.compiler.modeldir.sources import resolve_source
 from smoothrot.compiler.pipelines import compile_pipeline
 from smoothrot.compiler.reports.compile_report import write_report
 from smoothrot.compiler.reports.tune_report import write_tune_report
-from smoothrot.compiler.targets.ort.lower import lower_model
-from smoothrot.core.errors import SmoothrotError
-from smoothrot.core.manifest import MANIFEST_NAME, load_manifest
+from smoothrot.compiler.targets.ort.lower import lower_into
+from smoothrot.core.manifest import load_manifest
 from smoothrot.passes.quantize_weights import check_group_sizes
 
 __all__ = ["compile_model"]
@@ -49,17 +48,15 @@ def compile_model(
     """Compile to ``out`` (atomically) and return the compile report (with ``lowering``, the
     lowering report, for ``Target.ORT``). ``cache``: a directory where calibration statistics are
     kept and reused by later compiles of the same input and transform (benchmarks)."""
-    out = Path(out)
-    check_output_dir(out)
-    if onnx_dir is not None and out.resolve() == Path(onnx_dir).resolve():
-        raise SmoothrotError("compile needs an output directory other than its input")
-    with tempfile.TemporaryDirectory(prefix="smoothrot-") as tmp:
-        work = Path(tmp)
+    inputs = [onnx_dir] if onnx_dir is not None else [Path(model)] if model else []
+    with staged_output(Path(out), inputs=inputs) as staging:
+        work = staging.work
         rows: list[dict[str, Any]] = []
         if onnx_dir is None:
             onnx_dir = work / "export"
             start = time.perf_counter()
-            export_model(resolve_source(model), onnx_dir, ExportConfig())
+            export = ExportConfig(allow_pickle=config.allow_pickle)
+            export_model(resolve_source(model), onnx_dir, export)
             rows.append({"stage": "export", "seconds": round(time.perf_counter() - start, 2)})
         manifest = load_manifest(onnx_dir)
         if config.recipe.spec.weights:  # refuse a group size that fits no layer, before work
@@ -72,21 +69,19 @@ def compile_model(
                 (dumps / name).mkdir(parents=True)
                 save_model(graph, dumps / name)
 
-        graph = ir.load(str(onnx_dir / manifest.model_file))
+        graph = load_graph(onnx_dir, manifest)
         result = compile_pipeline(config, manifest, onnx_dir, store, work, dump)(graph)
         rows += [step.stage_row() for step in result.steps]
-        qdq = out if config.target is Target.QDQ else work / "qdq"
-        with atomic_output_dir(qdq) as dest:
-            write_model_dir(graph, onnx_dir, manifest, dest, rows)
-            if dumps.exists():
-                shutil.copytree(dumps, dest / "dumps")
-            layers = result.details("quantize_weights").get("layers", [])
-            tuning = result.details("tune").get("tuning")
-            tune_summary = write_tune_report(dest, tuning) if tuning is not None else None
-            report = write_report(dest, onnx_dir, config, rows, layers, tune_summary)
+        qdq = staging.out if config.target is Target.QDQ else work / "qdq"
+        qdq.mkdir(exist_ok=True)
+        write_model_dir(graph, onnx_dir, manifest, qdq, rows)
+        if dumps.exists():
+            shutil.copytree(dumps, qdq / "dumps")
+        layers = result.details("quantize_weights").get("layers", [])
+        tuning = result.details("tune").get("tuning")
+        tune_summary = write_tune_report(qdq, tuning) if tuning is not None else None
+        report = write_report(qdq, onnx_dir, config, rows, layers, tune_summary)
         if config.target is Target.ORT:
             lowering = replace(config.lowering, evaluate=config.evaluate)
-            report["lowering"] = lower_model(qdq, out, lowering)
-    if not (out / MANIFEST_NAME).is_file():
-        raise RuntimeError(f"compile finished without writing {out / MANIFEST_NAME}")
+            report["lowering"] = lower_into(qdq, staging, lowering)
     return report

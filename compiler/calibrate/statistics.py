@@ -35,6 +35,7 @@ from tqdm import tqdm
 from smoothrot.compiler.config import CalibrationConfig
 from smoothrot.compiler.measure.corpus import CorpusPart, corpus_part, text_digest
 from smoothrot.compiler.measure.evaluate import read_text
+from smoothrot.compiler.modeldir.model_graph import load_graph
 from smoothrot.compiler.modeldir.outdir import atomic_output_dir, check_output_dir
 from smoothrot.compiler.runtime.ort_runner import empty_cache, load_tokenizer, session_options
 from smoothrot.core.errors import SmoothrotError
@@ -147,9 +148,11 @@ def calibrate_dir(
     directory = Path(directory)
     manifest = load_manifest(directory)
     output = Path(output) if output is not None else directory / CALIBRATION_DIR
-    check_output_dir(output, marker=_INDEX)
+    # The statistics may live inside the model directory (the default), never over it.
+    inside = directory.resolve() in output.resolve().parents
+    check_output_dir(output, marker=_INDEX, inputs=[] if inside else [directory])
     seqs, label, digest = token_sequences(directory, config, text_file)
-    graph = ir.load(str(directory / manifest.model_file))
+    graph = load_graph(directory, manifest)
     inputs = matmul_inputs(graph, manifest.weights)
     if not inputs:
         raise SmoothrotError(f"{directory}: no MatMul with a constant weight to calibrate")

@@ -29,7 +29,6 @@ from __future__ import annotations
 import enum
 import json
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -37,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx_ir as ir
 import onnxruntime as ort
 from tqdm import tqdm
 
@@ -49,7 +47,8 @@ from smoothrot.compiler.calibrate.statistics import (
 )
 from smoothrot.compiler.config import AnalyzeConfig, CalibrationConfig, ExportConfig
 from smoothrot.compiler.export.exporter import export_model
-from smoothrot.compiler.modeldir.outdir import atomic_output_dir, check_output_dir
+from smoothrot.compiler.modeldir.model_graph import load_graph
+from smoothrot.compiler.modeldir.outdir import atomic_output_dir, check_output_dir, scratch_dir
 from smoothrot.compiler.modeldir.sources import resolve_source
 from smoothrot.compiler.reports.analyze_plots import summarize, type_rank, write_report
 from smoothrot.core.errors import SmoothrotError
@@ -257,10 +256,10 @@ def analyze_dir(
     """
     model_dir, out = Path(model_dir), Path(out)
     manifest = load_manifest(model_dir)
-    check_output_dir(out, marker=_JSON)
+    check_output_dir(out, marker=_JSON, inputs=[model_dir])
     cal = CalibrationConfig(tokens=config.tokens, seq=config.seq, hessian=False)
     seqs, label, digest = token_sequences(model_dir, cal, None)
-    graph = ir.load(str(model_dir / manifest.model_file))
+    graph = load_graph(model_dir, manifest)
     inputs = matmul_inputs(graph, manifest.weights)
     if not inputs:
         raise SmoothrotError(f"{model_dir}: no MatMul with a constant weight to analyse")
@@ -326,7 +325,7 @@ def analyze_dir(
         "summary": summarize(rows, names),
         "rows": rows,
     }
-    with atomic_output_dir(out, marker=_JSON) as tmp:
+    with atomic_output_dir(out, marker=_JSON, inputs=[model_dir]) as tmp:
         write_report(tmp, result, names, downs[channels][1] if channels else None)
         (tmp / _JSON).write_text(json.dumps(result, indent=1) + "\n")
     return result
@@ -342,10 +341,13 @@ def analyze_model(
     """:func:`analyze_dir` on ``onnx_dir``, or on a temporary export of ``model`` (a HF directory
     or .gguf; default: the packaged model)."""
     out = Path(out)
-    check_output_dir(out, marker=_JSON)  # before a minutes-long export
+    given = onnx_dir if onnx_dir is not None else Path(model) if model else None
+    check_output_dir(out, marker=_JSON, inputs=[given])  # before a minutes-long export
     if onnx_dir is not None:
         return analyze_dir(Path(onnx_dir), out, config, progress)
-    with tempfile.TemporaryDirectory(prefix="smoothrot-analyze-") as work:
-        export_dir = Path(work) / "export"
-        export_model(resolve_source(model), export_dir, ExportConfig())
+    with scratch_dir(out) as work:
+        export_dir = work / "export"
+        export_model(
+            resolve_source(model), export_dir, ExportConfig(allow_pickle=config.allow_pickle)
+        )
         return analyze_dir(export_dir, out, config, progress)

@@ -115,7 +115,7 @@ def test_lower_and_bench_bad_input(capsys, tmp_path, tiny_export):
     fp32 = str(tiny_export("llama"))
     out = tmp_path / "o"
     _fails_cleanly(capsys, ["lower", fp32, "-o", str(out)], "no INT4 QDQ MatMul")
-    _fails_cleanly(capsys, ["lower", fp32, "-o", fp32], "other than its input")
+    _fails_cleanly(capsys, ["lower", fp32, "-o", fp32], "is the input")
     _fails_cleanly(capsys, ["lower", str(tmp_path / "none"), "-o", str(out)], "does not exist")
     target = ["compile", "--onnx", fp32, "--recipe", "fp-rotate", "--target", "ort"]
     _fails_cleanly(capsys, target + ["-o", str(out)], "needs an INT4 recipe")

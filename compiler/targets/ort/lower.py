@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -35,7 +34,8 @@ import onnx_ir as ir
 from smoothrot.compiler.config import LowerConfig
 from smoothrot.compiler.measure.probes import logits_probe, model_bytes, perplexity_pair
 from smoothrot.compiler.modeldir.model_dir import write_model_dir
-from smoothrot.compiler.modeldir.outdir import atomic_output_dir, check_output_dir
+from smoothrot.compiler.modeldir.model_graph import load_graph
+from smoothrot.compiler.modeldir.outdir import Staging, staged_output
 from smoothrot.compiler.pipelines import lower_pipeline
 from smoothrot.compiler.reports.compile_report import jsonable
 from smoothrot.compiler.reports.lowering_report import lowering_markdown
@@ -48,7 +48,7 @@ from smoothrot.ortops.spec import OP_TYPE_PER_IC as PER_IC_OP
 from smoothrot.ortops.spec import OP_TYPE_PER_OC as PER_OC_OP
 from smoothrot.passes.lower_ort import KERNEL_OPS
 
-__all__ = ["lower_model"]
+__all__ = ["lower_into", "lower_model"]
 
 # The probes decode the last tokens one by one: the KV-cache path of the attention op is checked.
 PROBE_DECODE_STEPS = 32
@@ -75,7 +75,7 @@ class _Lowering:
 
 def _lowered_graph(source: Path, config: LowerConfig) -> _Lowering:
     manifest = load_manifest(source)
-    model = ir.load(str(source / manifest.model_file))
+    model = load_graph(source, manifest)
     done = {n.op_type for n in model.graph} & {*KERNEL_OPS, OP_TYPE_ROTATION, OP_TYPE_ATTENTION}
     if done:
         raise SmoothrotError(f"{source} is already lowered (it has {sorted(done)} nodes)")
@@ -143,9 +143,12 @@ def _report(
 
 def lower_model(source: Path, out: Path, config: LowerConfig = LowerConfig()) -> dict[str, Any]:
     """Lower the QDQ model directory ``source`` into ``out`` (atomically) and report."""
-    check_output_dir(out)
-    if Path(out).resolve() == Path(source).resolve():
-        raise SmoothrotError("lower needs an output directory other than its input")
+    with staged_output(out, inputs=[source]) as staging:
+        return lower_into(Path(source), staging, config)
+
+
+def lower_into(source: Path, staging: Staging, config: LowerConfig) -> dict[str, Any]:
+    """Lower ``source`` into ``staging.out`` (scratch in ``staging.work``) and report."""
     start = time.perf_counter()
     lowered = _lowered_graph(source, config)
     model, lowering = lowered.model, lowered.layers
@@ -170,11 +173,11 @@ def lower_model(source: Path, out: Path, config: LowerConfig = LowerConfig()) ->
         "lowered": len(lowering["lowered"]),
     }
     manifest = load_manifest(source)
-    with atomic_output_dir(out) as tmp, tempfile.TemporaryDirectory(dir=tmp.parent) as work:
-        stage["seconds"] = round(time.perf_counter() - start, 1)
-        write_model_dir(model, source, manifest, tmp, [stage])
-        for name in COMPILE_REPORT_FILES:  # the compile report stays with the model it measured
-            if (source / name).is_file():
-                shutil.copy(source / name, tmp / name)
-        report = _report(tmp, source, config, lowered, Path(work), stage)
-    return report
+    stage["seconds"] = round(time.perf_counter() - start, 1)
+    dest, work = staging.out, staging.work / "lower"
+    work.mkdir()
+    write_model_dir(model, source, manifest, dest, [stage])
+    for name in COMPILE_REPORT_FILES:  # the compile report stays with the model it measured
+        if (source / name).is_file():
+            shutil.copy(source / name, dest / name)
+    return _report(dest, source, config, lowered, work, stage)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from collections import Counter
 from dataclasses import replace
@@ -33,7 +32,8 @@ import onnx_ir as ir
 from smoothrot.compiler.config import BuildConfig, check_plugin_backend
 from smoothrot.compiler.measure.probes import logits_probe, model_bytes, perplexity_pair
 from smoothrot.compiler.modeldir.model_dir import write_model_dir
-from smoothrot.compiler.modeldir.outdir import atomic_output_dir, check_output_dir
+from smoothrot.compiler.modeldir.model_graph import load_graph
+from smoothrot.compiler.modeldir.outdir import check_output_dir, staged_output
 from smoothrot.compiler.pipelines import build_pipeline
 from smoothrot.compiler.reports.build_report import build_markdown, greedy_agreement
 from smoothrot.compiler.targets.ort.lower import COMPILE_REPORT_FILES
@@ -65,7 +65,7 @@ def trt_graph(
         raise SmoothrotError(
             f"{source} is a {manifest.dtype.value} model; build needs an fp32 compile"
         )
-    model = ir.load(str(source / manifest.model_file))
+    model = load_graph(source, manifest)
     if any(n.domain in (MS_DOMAIN, ORTOPS_DOMAIN) for n in model.graph):
         raise SmoothrotError(
             f"{source} is lowered for ONNX Runtime (MatMulNBits or smoothrot.ort nodes); build "
@@ -129,9 +129,7 @@ def _fidelity(source: Path, built: Path, work: Path, rewrites: int, config: Buil
 def build_model(source: Path, out: Path, config: BuildConfig = BuildConfig()) -> dict[str, Any]:
     """Build ``source`` (a compiled QDQ model directory) into ``out`` (atomically) and report."""
     source, out = Path(source), Path(out)
-    check_output_dir(out)
-    if out.resolve() == source.resolve():
-        raise SmoothrotError("build needs an output directory other than its input")
+    check_output_dir(out, inputs=[source])
     backend, trt = load_trt(config.backend)
     if config.plugins:
         check_plugin_backend(backend, plugins=True)  # TensorRT-RTX was the importable one
@@ -141,7 +139,8 @@ def build_model(source: Path, out: Path, config: BuildConfig = BuildConfig()) ->
     start = time.perf_counter()
     model, info = trt_graph(source, plugins=config.plugins)
     dims = load_manifest(source).dims
-    with atomic_output_dir(out) as tmp, tempfile.TemporaryDirectory(dir=tmp.parent) as work:
+    with staged_output(out, inputs=[source]) as staging:
+        tmp, work = staging.out, staging.work
         stage = {"stage": "build_trt", "backend": backend.value, "version": trt.__version__}
         _write_graph(model, source, tmp, {**stage, **info}, DType.FP16)
         lowered = time.perf_counter() - start
@@ -167,7 +166,7 @@ def build_model(source: Path, out: Path, config: BuildConfig = BuildConfig()) ->
                 "trt_onnx": model_bytes(tmp),
                 "engine": len(blob),
             },
-            "checks": _fidelity(source, tmp, Path(work), info["qdq_rewritten"], config),
+            "checks": _fidelity(source, tmp, work, info["qdq_rewritten"], config),
         }
         (tmp / "build.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "build.md").write_text(build_markdown(report))

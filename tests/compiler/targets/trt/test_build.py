@@ -56,7 +56,7 @@ def test_tiny_w4a4kv4_engine_builds_with_its_kv_cache_qdq(rtx, tiny_export, tmp_
 def test_build_refuses_what_it_cannot_build(rtx, capsys, tiny_export, tmp_path):
     fp32 = str(tiny_export("llama"))
     out = tmp_path / "o"
-    _fails_cleanly(capsys, ["build", fp32, "-o", fp32], "other than its input")
+    _fails_cleanly(capsys, ["build", fp32, "-o", fp32], "is the input")
     _fails_cleanly(capsys, ["build", str(tmp_path / "none"), "-o", str(out)], "does not exist")
     bad_cc = ["build", fp32, "-o", str(out), "--compute-capability", "70"]
     _fails_cleanly(capsys, bad_cc, "not a TensorRT-RTX target")
@@ -87,7 +87,7 @@ def test_plugin_graph_keeps_plugin_constants_fp32(tiny_export, tmp_path, capsys)
 
 
 def test_engine_config_and_backend_errors(monkeypatch):
-    with pytest.raises(ValueError, match="opt prompt"):
+    with pytest.raises(ValueError, match="--opt-prompt must be in 1..8"):
         EngineConfig(max_prompt=8, opt_prompt=16)
     with pytest.raises(ValueError, match="not a TensorRT-RTX target"):
         EngineConfig(compute_capabilities=(90,))
