@@ -33,7 +33,7 @@ from smoothrot.compiler.modeldir.model_dir import SaveModelDirPass
 from smoothrot.compiler.recipes import TRANSFORM_SMOOTH_SITES, Transform
 from smoothrot.compiler.tune.tune_pass import TunePass
 from smoothrot.core.manifest import Manifest, ModelDims
-from smoothrot.core.pass_infra import Pipeline
+from smoothrot.core.pass_infra import Pipeline, pass_name
 from smoothrot.passes.fold_norm import FoldNormGammaPass
 from smoothrot.passes.lower_attention import AttentionKernel, LowerAttentionPass
 from smoothrot.passes.lower_ort import LowerToMatMulNBitsPass
@@ -51,9 +51,14 @@ from smoothrot.passes.to_fp16 import Fp16Pass
 from smoothrot.passes.trt_act_quant import TrtActivationQdqPass
 
 __all__ = [
+    "CALIBRATE_ABSMAX",
+    "CALIBRATE_HESSIANS",
     "TRANSFORMED_DIR",
+    "absmax_key",
     "build_pipeline",
     "compile_pipeline",
+    "compile_step_names",
+    "exact_step_names",
     "exact_steps",
     "hessian_key",
     "lower_pipeline",
@@ -61,35 +66,77 @@ __all__ = [
 
 DOWN_ONLY = frozenset({Site.DOWN_PROJ})
 TRANSFORMED_DIR = "transformed"  # under the compile's work directory: the float graph, saved
+CALIBRATE_ABSMAX = "calibrate"  # abs-max statistics of the export, for smoothing
+CALIBRATE_HESSIANS = "calibrate_hessians"  # Hessians XᵀX of the transformed graph, for GPTQ
 AfterStep = Callable[[str, ir.Model], None]
+
+
+def exact_step_names(transform: Transform) -> list[str]:
+    """The names of a transform's exact (float-preserving) steps, in order."""
+    names = [SmoothPass.name] if transform.smooths else []
+    if transform in (Transform.ROTATE, Transform.HYBRID):
+        names += [FoldNormGammaPass.name, ResidualRotationPass.name, OnlineRotationPass.name]
+    elif transform is Transform.HYBRID_ONLINE:
+        names.append(OnlineRotationPass.name)
+    return names
 
 
 def exact_steps(
     transform: Transform, dims: ModelDims, absmax: AbsMax | None, alpha: float, seed: int
 ) -> list[ir.passes.PassBase]:
     """The exact (float-preserving) passes of a transform, in order."""
-    steps: list[ir.passes.PassBase] = []
-    if transform.smooths:
-        if absmax is None:
-            raise ValueError(f"transform {transform.value} smooths: it needs abs-max statistics")
-        steps.append(
-            SmoothPass(dims, absmax, SmoothConfig(alpha, TRANSFORM_SMOOTH_SITES[transform]))
-        )
-    if transform in (Transform.ROTATE, Transform.HYBRID):
-        steps += [
-            FoldNormGammaPass(dims),
-            ResidualRotationPass(dims, per_head=True, seed=seed),
-            OnlineRotationPass(dims, DOWN_ONLY, seed=seed),
-        ]
-    elif transform is Transform.HYBRID_ONLINE:
-        steps.append(OnlineRotationPass(dims, LAYER_SITES, seed=seed))
-    return steps
+    if transform.smooths and absmax is None:
+        raise ValueError(f"transform {transform.value} smooths: it needs abs-max statistics")
+    online_sites = LAYER_SITES if transform is Transform.HYBRID_ONLINE else DOWN_ONLY
+    make: dict[str, Callable[[], ir.passes.PassBase]] = {
+        SmoothPass.name: lambda: SmoothPass(
+            dims, absmax, SmoothConfig(alpha, TRANSFORM_SMOOTH_SITES[transform])
+        ),
+        FoldNormGammaPass.name: lambda: FoldNormGammaPass(dims),
+        ResidualRotationPass.name: lambda: ResidualRotationPass(dims, per_head=True, seed=seed),
+        OnlineRotationPass.name: lambda: OnlineRotationPass(dims, online_sites, seed=seed),
+    }
+    return [make[name]() for name in exact_step_names(transform)]
+
+
+def absmax_key(config: CompileConfig) -> str:
+    """The store folder of the abs-max statistics of the export (what smoothing reads)."""
+    return f"absmax-{config.calibration_tokens}"
 
 
 def hessian_key(config: CompileConfig) -> str:
     """The store folder of the Hessians of this transform's graph (the inputs quantized)."""
     t = config.transform_used.value
     return f"hessian-{t}-a{config.alpha}-s{config.seed}-{config.calibration_tokens}"
+
+
+def _nothing_cached(folder: str) -> bool:
+    return False
+
+
+def compile_step_names(
+    config: CompileConfig, cached: Callable[[str], bool] = _nothing_cached
+) -> list[str]:
+    """The steps a compile of ``config`` runs, in order. ``cached(folder)`` says whether the
+    statistics store already holds that folder (its calibration step is left out then); by
+    default nothing is, so the list has every step such a compile can run (``--dump-after``)."""
+    spec, transform = config.recipe.spec, config.transform_used
+    names = [CALIBRATE_ABSMAX] if transform.smooths and not cached(absmax_key(config)) else []
+    names += exact_step_names(transform)
+    if spec.weights:
+        hessians_cached = cached(hessian_key(config))
+        if not hessians_cached or config.tune is not None:
+            names.append(SaveModelDirPass.name)
+        if not hessians_cached:
+            names.append(CALIBRATE_HESSIANS)
+        names.append(WeightQuantPass.name)
+    if spec.act_bits is not None:
+        names.append(ActQuantPass.name)
+    if spec.kv_bits is not None:
+        names.append(KVQuantPass.name)
+    if config.tune is not None:
+        names.append(TunePass.name)
+    return names
 
 
 def compile_pipeline(
@@ -100,36 +147,35 @@ def compile_pipeline(
     work: Path,
     after_step: AfterStep | None = None,
 ) -> Pipeline:
-    """The compile of the export in ``source``; statistics in ``store``, scratch in ``work``."""
+    """The compile of the export in ``source``; statistics in ``store``, scratch in ``work``.
+    Its steps are :func:`compile_step_names`'s, each made here."""
     spec, dims, tokens = config.recipe.spec, manifest.dims, config.calibration_tokens
     transform = config.transform_used
-    steps: list[ir.passes.PassBase] = []
-    absmax = None
-    if transform.smooths:
-        absmax_dir = store / f"absmax-{tokens}"
-        if not has_statistics(absmax_dir):
-            cal = CalibrationConfig(tokens=tokens, hessian=False)
-            steps.append(CalibratePass(source, absmax_dir, cal))
-        absmax = StatisticsLookup(absmax_dir, manifest, "absmax")
-    steps += exact_steps(transform, dims, absmax, config.alpha, config.seed)
+    absmax_dir, hessian_dir = store / absmax_key(config), store / hessian_key(config)
     transformed = work / TRANSFORMED_DIR
-    if spec.weights:
-        hessian_dir = store / hessian_key(config)
-        cached = has_statistics(hessian_dir)
-        if not cached or config.tune is not None:
-            steps.append(SaveModelDirPass(transformed, source, manifest))
-        if not cached:
-            cal = CalibrationConfig(tokens=tokens, hessian=True)
-            steps.append(CalibratePass(transformed, hessian_dir, cal, name="calibrate_hessians"))
-        hessian = StatisticsLookup(hessian_dir, manifest, "hessian")
-        steps.append(WeightQuantPass(dims, hessian, config.weights, progress=True))
-    if spec.act_bits is not None:
-        steps.append(ActQuantPass(dims, ActQuantConfig(spec.act_bits)))
-    if spec.kv_bits is not None:
-        steps.append(KVQuantPass(dims, KVQuantConfig(spec.kv_bits, config.kv_prefix)))
-    if config.tune is not None:
-        steps.append(TunePass(transformed, config.tune))
-    return Pipeline(steps, after_step)
+    absmax = StatisticsLookup(absmax_dir, manifest, "absmax") if transform.smooths else None
+    exact = exact_steps(transform, dims, absmax, config.alpha, config.seed)
+    made = {pass_name(p): p for p in exact}
+    make: dict[str, Callable[[], ir.passes.PassBase]] = {
+        CALIBRATE_ABSMAX: lambda: CalibratePass(
+            source, absmax_dir, CalibrationConfig(tokens=tokens, hessian=False), CALIBRATE_ABSMAX
+        ),
+        SaveModelDirPass.name: lambda: SaveModelDirPass(transformed, source, manifest),
+        CALIBRATE_HESSIANS: lambda: CalibratePass(
+            transformed,
+            hessian_dir,
+            CalibrationConfig(tokens=tokens, hessian=True),
+            CALIBRATE_HESSIANS,
+        ),
+        WeightQuantPass.name: lambda: WeightQuantPass(
+            dims, StatisticsLookup(hessian_dir, manifest, "hessian"), config.weights, progress=True
+        ),
+        ActQuantPass.name: lambda: ActQuantPass(dims, ActQuantConfig(spec.act_bits)),
+        KVQuantPass.name: lambda: KVQuantPass(dims, KVQuantConfig(spec.kv_bits, config.kv_prefix)),
+        TunePass.name: lambda: TunePass(transformed, config.tune),
+    }
+    names = compile_step_names(config, lambda folder: has_statistics(store / folder))
+    return Pipeline([made[n] if n in made else make[n]() for n in names], after_step)
 
 
 def lower_pipeline(config: LowerConfig) -> Pipeline:

@@ -6,11 +6,17 @@ alone and why, counts) comes back in its :class:`PassReport`. A pipeline is a
 :class:`Pipeline`, an ``onnx_ir`` ``PassManager`` whose steps are named, timed and returned in
 order in a :class:`PipelineResult`, and whose errors are the passes' own (a user mistake stays a
 one-line ``ValueError``, never a wrapped ``PassError``).
+
+For tests of interruption, ``SMOOTHROT_FAULT_AT=STEP`` (or ``STEP:SIGNAL``, e.g.
+``quantize_weights:SIGHUP``) makes a pipeline send its own process that signal (SIGTERM by
+default) right before it runs the step of that name: the process stops at a known point.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +27,7 @@ import onnx_ir as ir
 from smoothrot.core.errors import SmoothrotError
 
 __all__ = [
+    "FAULT_AT_ENV",
     "PassPreconditionError",
     "PassReport",
     "Pipeline",
@@ -30,6 +37,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("smoothrot.pipeline")
+FAULT_AT_ENV = "SMOOTHROT_FAULT_AT"
 
 
 @dataclass
@@ -47,6 +55,16 @@ class PassPreconditionError(ir.passes.PreconditionError, SmoothrotError):
 def pass_name(p: ir.passes.PassBase) -> str:
     """A pass's step name: its ``name`` attribute, else its class name."""
     return getattr(p, "name", None) or type(p).__name__
+
+
+def _fault_at(name: str) -> None:
+    """Signal this process if ``SMOOTHROT_FAULT_AT`` names step ``name`` (see the module doc)."""
+    wanted = os.environ.get(FAULT_AT_ENV)
+    if not wanted:
+        return
+    step, _, signame = wanted.partition(":")
+    if step == name:
+        os.kill(os.getpid(), signal.Signals[signame or "SIGTERM"])
 
 
 @dataclass(frozen=True)
@@ -105,6 +123,7 @@ class Pipeline(ir.passes.PassManager):
         steps: list[StepResult] = []
         for p in self.passes:
             name = pass_name(p)
+            _fault_at(name)
             start = time.perf_counter()
             result = p(model)
             seconds = time.perf_counter() - start

@@ -1,6 +1,10 @@
 """The ``smoothrot`` command line: a thin layer over the Python API (no logic here).
 
-Every flag maps to one config field; user mistakes print one line and exit with status 2.
+Every flag maps to one config field. Exit status: 0 on success; 2 for a user mistake or an
+expected failure (a bad option or input, the operating system, a file a library cannot read:
+``cli_errors.describe``), printed as one line ``smoothrot: error: …``; 130 on SIGINT, 143 on
+SIGTERM, 129 on SIGHUP (after cleaning up, one line); 1 for a bug in smoothrot (one line, the
+traceback with ``-v``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from smoothrot.tools.cli_compile import add_compile
 from smoothrot.tools.cli_config import add_config_flags
 from smoothrot.tools.cli_deploy import add_bench, add_lower
 from smoothrot.tools.cli_doctor import add_doctor
+from smoothrot.tools.cli_errors import OneLineParser, run_guarded
 
 __all__ = ["main"]
 
@@ -135,7 +140,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="smoothrot", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="smoothrot", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log each stage")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (
@@ -155,17 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0), or a usage error already printed as one line (2)
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
     logging.basicConfig(format="%(name)s: %(message)s")
     logging.getLogger("smoothrot").setLevel(logging.INFO if args.verbose else logging.WARNING)
-    try:
-        return args.run(args)
-    except (ValueError, NotImplementedError) as exc:  # the user's input / a documented gap
-        print(f"smoothrot: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("smoothrot: interrupted", file=sys.stderr)
-        return 130
+    # torch's exporter warns on every export that the optional torchvision is not installed
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    return run_guarded(lambda: args.run(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":

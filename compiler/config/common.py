@@ -13,6 +13,7 @@ __all__ = [
     "ACCURACY_LEVELS",
     "DEFAULT_ACCURACY_LEVEL",
     "EXACT_ACCURACY_LEVEL",
+    "MAX_OPSET",
     "MIN_OPSET",
     "AnalyzeConfig",
     "Backend",
@@ -36,6 +37,10 @@ def cli(help: str = "", **options: Any) -> dict[str, Any]:
 
 
 MIN_OPSET = 21  # INT4 and blocked DequantizeLinear need opset 21
+# The newest opset torch 2.13's dynamo exporter writes as asked (its onnxscript version converter
+# stops at 25; above that it silently keeps opset 18). ``export_model`` checks the traced graph's
+# opset, so a newer exporter that writes another one is refused, not mislabelled.
+MAX_OPSET = 25
 
 
 # ONNX Runtime's accuracy level for fused DQ+MatMul / MatMulNBits: 0 computes in fp32 (the QDQ
@@ -60,13 +65,22 @@ def _check_level(level: int) -> None:
 class ExportConfig:
     VERSION: ClassVar[int] = 1
     dtype: DType = field(default=DType.FP32, metadata=cli("compute dtype of the export"))
-    opset: int = field(default=MIN_OPSET, metadata=cli("ONNX opset (>= 21)"))
+    opset: int = field(default=MIN_OPSET, metadata=cli(f"ONNX opset ({MIN_OPSET}..{MAX_OPSET})"))
+    allow_pickle: bool = field(
+        default=False,
+        metadata=cli(
+            "load pytorch_model*.bin pickles (weights_only) when there are no safetensors"
+        ),
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.dtype, DType):
             raise ValueError(f"dtype must be a DType, got {self.dtype!r}")
-        if self.opset < MIN_OPSET:
-            raise ValueError(f"opset must be >= {MIN_OPSET}, got {self.opset}")
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise ValueError(
+                f"--opset must be in {MIN_OPSET}..{MAX_OPSET} (INT4 needs >= {MIN_OPSET}; the "
+                f"torch exporter writes at most {MAX_OPSET}), got {self.opset}"
+            )
 
 
 class Backend(enum.Enum):
@@ -119,7 +133,7 @@ class GenerateConfig:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
-            raise ValueError("--max-new-tokens must be >= 1")
+            raise ValueError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
 
 
 @dataclass(frozen=True)
@@ -174,6 +188,11 @@ class AnalyzeConfig:
     alpha: float = field(default=0.5, metadata=cli("SmoothQuant migration strength"))
     bits: int = field(default=4, metadata=cli("bits of the simulated weight and activation grid"))
     seed: int = field(default=0, metadata=cli("seed of any random rotation factor"))
+    allow_pickle: bool = field(
+        default=False,
+        metadata=cli("with --model: load pytorch_model*.bin pickles (weights_only) when there are "
+                     "no safetensors"),
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.seq < 1:

@@ -95,6 +95,11 @@ class CompileConfig:
                      "also a runtime input `kv_fp_prefix`", metavar="P"),
     )  # fmt: skip
     calibration_tokens: int = field(default=4096, metadata=cli("calibration tokens (>= 512)"))
+    allow_pickle: bool = field(
+        default=False,
+        metadata=cli("with --model: load pytorch_model*.bin pickles (weights_only) when there are "
+                     "no safetensors"),
+    )  # fmt: skip
     seed: int = field(default=0, metadata=cli("seed of any random rotation factor"))
     dump_after: tuple[str, ...] = field(
         default=(),
@@ -126,7 +131,15 @@ class CompileConfig:
         if self.transform is not None and not isinstance(self.transform, Transform):
             raise ValueError(f"transform must be a Transform, got {self.transform!r}")
         SmoothConfig(alpha=self.alpha)  # validates alpha
+        if not 0 <= self.kv_prefix < 2**63:  # a runtime int64 input of the compiled graph
+            raise ValueError(f"--kv-prefix must be in [0, 2^63), got {self.kv_prefix}")
         KVQuantConfig(keep_prefix=self.kv_prefix)  # validates P
+        if self.kv_prefix and self.recipe.spec.kv_bits is None:
+            kv = ", ".join(r.value for r in Recipe if r.spec.kv_bits is not None)
+            raise ValueError(
+                f"--kv-prefix needs a recipe that quantizes the KV cache ({kv}); "
+                f"{self.recipe.value} keeps it in full precision"
+            )
         if self.calibration_tokens < 512:
             raise ValueError(f"calibration tokens must be >= 512, got {self.calibration_tokens}")
         if self.tune is not None and not self.recipe.spec.weights:
@@ -141,6 +154,20 @@ class CompileConfig:
         if self.target is Target.ORT and not self.recipe.spec.weights:
             raise ValueError(
                 f"--target ort needs an INT4 recipe; {self.recipe.value} has fp weights"
+            )
+        if self.dump_after:
+            self._check_dump_after()
+
+    def _check_dump_after(self) -> None:
+        """Every ``--dump-after`` name is a step this compile can run (compiler/pipelines.py)."""
+        from smoothrot.compiler.pipelines import compile_step_names  # it imports this module
+
+        steps = compile_step_names(self)
+        unknown = [name for name in self.dump_after if name not in steps]
+        if unknown:
+            raise ValueError(
+                f"--dump-after {unknown[0]}: a compile of {self.recipe.value} (transform "
+                f"{self.transform_used.value}) has no such step; its steps: {', '.join(steps)}"
             )
 
     @property

@@ -92,14 +92,30 @@ class EngineConfig:
     )  # fmt: skip
 
     def __post_init__(self) -> None:
+        # Profile 0 prefills 1..max_prompt tokens into an empty cache; profile 1 decodes one token
+        # on 1..max_context-1 cached positions, so the cache a longest prefill leaves must fit.
+        if self.max_prompt < 1:
+            raise ValueError(f"--max-prompt must be >= 1, got {self.max_prompt}")
+        if self.max_context <= self.max_prompt:
+            raise ValueError(
+                f"--max-context ({self.max_context}) must exceed --max-prompt "
+                f"({self.max_prompt}): decoding continues after a prefill of up to max-prompt "
+                "tokens, on at most max-context - 1 cached positions"
+            )
         if self.opt_prompt is None:
             object.__setattr__(self, "opt_prompt", min(128, self.max_prompt))
         if self.opt_context is None:
             object.__setattr__(self, "opt_context", min(512, self.max_context))
         if not 1 <= self.opt_prompt <= self.max_prompt:
-            raise ValueError(f"need 1 <= opt prompt <= max prompt, got {self}")
+            raise ValueError(
+                f"--opt-prompt must be in 1..{self.max_prompt} (--max-prompt), "
+                f"got {self.opt_prompt}"
+            )
         if not 2 <= self.opt_context <= self.max_context:
-            raise ValueError(f"need 2 <= opt context <= max context, got {self}")
+            raise ValueError(
+                f"--opt-context must be in 2..{self.max_context} (--max-context), "
+                f"got {self.opt_context}"
+            )
         bad = [cc for cc in self.compute_capabilities if cc not in RTX_COMPUTE_CAPABILITIES]
         if bad:
             raise ValueError(

@@ -25,7 +25,7 @@ import torch
 from smoothrot.compiler import __version__
 from smoothrot.compiler.config import ExportConfig
 from smoothrot.compiler.export.wrapper import FlatCacheDecoder, io_names
-from smoothrot.compiler.modeldir.model_dir import save_model
+from smoothrot.compiler.modeldir.model_dir import save_model, save_tokenizer
 from smoothrot.compiler.modeldir.outdir import atomic_output_dir, check_output_dir
 from smoothrot.compiler.modeldir.sources import ModelSource, load_torch_model
 from smoothrot.core.errors import SmoothrotError
@@ -125,9 +125,9 @@ def _versions() -> dict[str, str]:
 def export_model(source: ModelSource, out: Path, config: ExportConfig) -> Manifest:
     """Trace ``source`` and write ``out`` atomically (model, tokenizer, manifest)."""
     out = Path(out)
-    check_output_dir(out)
+    check_output_dir(out, inputs=[source.path])
     t0 = time.perf_counter()
-    hf_model, tokenizer = load_torch_model(source, config.dtype.torch)
+    hf_model, tokenizer = load_torch_model(source, config.dtype.torch, config.allow_pickle)
     dims = model_dims(hf_model.config)
     inputs, outputs = io_names(dims.layers)
     log.info(
@@ -148,6 +148,11 @@ def export_model(source: ModelSource, out: Path, config: ExportConfig) -> Manife
             verbose=False,
         )
     model = program.model
+    written = model.opset_imports.get("")
+    if written != config.opset:  # the exporter falls back silently where it cannot convert
+        raise SmoothrotError(
+            f"--opset {config.opset}: the torch exporter wrote opset {written} instead"
+        )
     FoldTransposedWeightsPass()(model)
     weights = _name_weights(model, hf_model)
     trace_s = time.perf_counter() - t1
@@ -164,8 +169,8 @@ def export_model(source: ModelSource, out: Path, config: ExportConfig) -> Manife
         weights=weights,
         stages=[{"stage": "export", "seconds": round(time.perf_counter() - t0, 1)}],
     )
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, inputs=[source.path]) as tmp:
         save_model(model, tmp)
-        tokenizer.save_pretrained(str(tmp))
+        save_tokenizer(tokenizer, tmp)  # tokenizer data only, never a source's code
         manifest.save(tmp)
     return manifest

@@ -20,8 +20,12 @@ def read_text(path: Path | None) -> tuple[str, str]:
     """(text, label): the given file, or the built-in evaluation part."""
     if path is None:
         return corpus_part(CorpusPart.EVALUATION), "pydoc_data evaluation part"
-    if not path.is_file():
+    if path.is_dir():
+        raise SmoothrotError(f"text file {path} is a directory, not a text file")
+    if not path.exists():
         raise SmoothrotError(f"text file {path} does not exist")
+    if not path.is_file():
+        raise SmoothrotError(f"text file {path} is not a regular file")
     try:
         return path.read_text(encoding="utf-8"), str(path)
     except UnicodeDecodeError as exc:
@@ -33,10 +37,22 @@ SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging
 
 def system_prompt_ids(tokenizer, text: str = SYSTEM_PROMPT) -> list[int]:  # noqa: ANN001
     """The chat template's system turn for ``text`` (what a deployment puts before every
-    conversation), or the plain text where the tokenizer has no chat template."""
+    conversation), or the plain text where the tokenizer has no chat template. The template
+    runs in jinja's sandbox; one that the sandbox blocks or that fails is one line."""
+    from jinja2.exceptions import TemplateError
+
     if getattr(tokenizer, "chat_template", None):
         turn = [{"role": "system", "content": text}]
-        text = tokenizer.apply_chat_template(turn, tokenize=False)
+        try:
+            text = tokenizer.apply_chat_template(turn, tokenize=False)
+        except TemplateError as exc:  # SecurityError (sandbox), syntax and runtime errors
+            where = Path(getattr(tokenizer, "name_or_path", "") or ".")
+            if (where / "chat_template.jinja").is_file():
+                where = where / "chat_template.jinja"
+            reason = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise SmoothrotError(
+                f"the chat template of {where} cannot be applied ({type(exc).__name__}: {reason})"
+            ) from exc
     return tokenizer.encode(text, add_special_tokens=False)
 
 
@@ -50,10 +66,10 @@ def evaluate_dir(
     before every window, scored tokens unchanged; ``kv_prefix`` overrides the model's kept KV
     prefix P at run time)."""
     c = config
+    text, label = read_text(text_file)  # a wrong --text is refused before the model loads
     decoder = open_decoder(
         directory, c.backend, accuracy_level=c.accuracy_level, kv_prefix=c.kv_prefix
     )
-    text, label = read_text(text_file)
     tokenizer = load_tokenizer(directory)
     ids = tokenizer.encode(text, add_special_tokens=False)
     prefix = system_prompt_ids(tokenizer) if c.system_prompt else []

@@ -58,13 +58,14 @@ def test_every_field_has_one_flag_and_no_flag_means_the_default(command):
 
 def test_flags_set_nested_fields_and_enable_optional_configs():
     argv = ["compile", "-o", "x", "--recipe", "w4a8", "--group-size", "64", "--no-eval"]
-    argv += ["--tune-epochs", "3", "--target", "ort", "--per-ic", "split", "--dump-after", "smooth"]
-    argv += ["--dump-after", "quantize_weights", "--clip-grid", "1.0,0.9"]
+    argv += ["--tune-epochs", "3", "--target", "ort", "--per-ic", "split"]
+    argv += ["--dump-after", "fold_norm_gamma", "--dump-after", "quantize_weights"]
+    argv += ["--clip-grid", "1.0,0.9"]
     _, config = _parse(argv)
     assert config.recipe is cfg.Recipe.W4A8 and config.weights.group_size == 64
     assert config.tune == cfg.TuneConfig(epochs=3) and not config.evaluate
     assert config.target is cfg.Target.ORT and config.lowering.per_ic is cfg.PerIcKernel.SPLIT
-    assert config.dump_after == ("smooth", "quantize_weights")
+    assert config.dump_after == ("fold_norm_gamma", "quantize_weights")
     assert config.weights.clip_grid == (1.0, 0.9)
     _, tuned = _parse(["compile", "-o", "x", "--recipe", "w4a16", "--tune"])
     assert tuned.tune == cfg.TuneConfig()
@@ -93,3 +94,5 @@ def test_bad_values_exit_2(capsys):
         with pytest.raises(SystemExit) as exc:
             _parse(argv)
         assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].endswith(f"(see smoothrot {argv[0]} --help)"), err
