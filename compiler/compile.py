@@ -1,7 +1,9 @@
 """``smoothrot compile``: an export (or a model, exported first) → the recipe's INT4 QDQ model.
 
 1. check the output directory and the group size before any slow work;
-2. export the model if no export is given;
+2. from ``--model`` (unless ``--stream off`` or a step needs the whole graph): compile it layer
+   by layer straight from the checkpoint (``compiler/stream/``) and skip 3–4; otherwise export
+   the model if no export is given;
 3. run the compile pipeline (``compiler/pipelines.py``: calibration, the exact transform, the
    lossy passes, BiSup tuning) on the export's graph;
 4. write the model directory atomically with its proof and measurements: logits vs the input
@@ -31,7 +33,9 @@ from smoothrot.compiler.modeldir.sources import resolve_source
 from smoothrot.compiler.pipelines import compile_pipeline
 from smoothrot.compiler.reports.compile_report import write_report
 from smoothrot.compiler.reports.tune_report import write_tune_report
+from smoothrot.compiler.stream.stream_compile import stream_compile
 from smoothrot.compiler.targets.ort.lower import lower_into
+from smoothrot.core.errors import SmoothrotError
 from smoothrot.core.manifest import load_manifest
 from smoothrot.passes.quantize_weights import check_group_sizes
 
@@ -44,11 +48,26 @@ def compile_model(
     model: str | None = None,
     onnx_dir: Path | None = None,
     cache: Path | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Compile to ``out`` (atomically) and return the compile report (with ``lowering``, the
     lowering report, for ``Target.ORT``). ``cache``: a directory where calibration statistics are
-    kept and reused by later compiles of the same input and transform (benchmarks)."""
+    kept and reused by later compiles of the same input and transform (benchmarks). A streamed
+    compile (``config.streams``) that is killed keeps its finished layers; ``resume`` goes on
+    from them."""
     inputs = [onnx_dir] if onnx_dir is not None else [Path(model)] if model else []
+    if config.streams(from_model=onnx_dir is None):
+        source = resolve_source(model)
+        with staged_output(Path(out), inputs=inputs, resumable=True, resume=resume) as staging:
+            qdq = staging.out if config.target is Target.QDQ else staging.work / "qdq"
+            qdq.mkdir(exist_ok=True)
+            report = stream_compile(source, config, qdq, staging.work)
+            if config.target is Target.ORT:
+                lowering = replace(config.lowering, evaluate=config.evaluate)
+                report["lowering"] = lower_into(qdq, staging, lowering)
+        return report
+    if resume:
+        raise SmoothrotError("--resume continues a streamed compile (--model, --stream on/auto)")
     with staged_output(Path(out), inputs=inputs) as staging:
         work = staging.work
         rows: list[dict[str, Any]] = []

@@ -15,6 +15,13 @@ full order is read here; the drivers (``compiler/compile.py``, ``targets/ort/low
 Calibration steps are left out when their statistics are already in the store (a benchmark's
 cache); the float graph is saved when calibration or tuning needs it.
 
+``compile --model`` streamed (``compiler/stream/``), per decoder layer and once for the head::
+
+    [reference run]  the untransformed layer on the untransformed streams (abs-max, fp eval)
+    the transform's exact steps (as above)
+    [calibration run] the transformed float layer: its Hessians XᵀX
+    quantize_weights → quantize_activations → quantize_kv              (the recipe's steps)
+
 ``lower``: lower_int4 → [lower_rotation] → [lower_attention] → norm_div.
 ``build``: [lower_trt_plugins] → trt_activation_qdq → [to_fp16].
 """
@@ -22,8 +29,10 @@ cache); the float graph is saved when calibration or tuning needs it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import onnx_ir as ir
 
 from smoothrot.compiler.calibrate.calibrate_pass import CalibratePass
@@ -39,7 +48,7 @@ from smoothrot.passes.lower_attention import AttentionKernel, LowerAttentionPass
 from smoothrot.passes.lower_ort import LowerToMatMulNBitsPass
 from smoothrot.passes.lower_rotation import LowerRotationPass, RotationKernel
 from smoothrot.passes.lower_trt_plugins import LowerToTrtPluginsPass
-from smoothrot.passes.model_map import LAYER_SITES, Site
+from smoothrot.passes.model_map import LAYER_SITES, Linear, Site
 from smoothrot.passes.norm_div import NormDivPass
 from smoothrot.passes.online_rotation import OnlineRotationPass
 from smoothrot.passes.quantize_activations import ActQuantConfig, ActQuantPass
@@ -62,6 +71,7 @@ __all__ = [
     "exact_steps",
     "hessian_key",
     "lower_pipeline",
+    "stream_passes",
 ]
 
 DOWN_ONLY = frozenset({Site.DOWN_PROJ})
@@ -176,6 +186,41 @@ def compile_pipeline(
     }
     names = compile_step_names(config, lambda folder: has_statistics(store / folder))
     return Pipeline([made[n] if n in made else make[n]() for n in names], after_step)
+
+
+def _no_absmax(lin: Linear) -> np.ndarray:
+    raise ValueError(f"no abs-max statistics for {lin.name} in this segment")
+
+
+def stream_passes(
+    config: CompileConfig, dims: ModelDims, head: bool
+) -> tuple[
+    Callable[[Callable[[Linear], np.ndarray] | None], list[ir.passes.PassBase]],
+    Callable[[Callable[[Linear], np.ndarray]], list[ir.passes.PassBase]],
+]:
+    """A streamed compile's (exact, lossy) steps for one segment: a decoder layer between the
+    template's small ends (``head=False``: its lm_head is never quantized) or the model's head
+    (embedding, final norm, lm_head: only lm_head can be quantized, with --quantize-lm-head).
+    Each is a function of the statistics the segment's calibration run produced."""
+    spec, transform = config.recipe.spec, config.transform_used
+
+    def exact(absmax: Callable[[Linear], np.ndarray] | None) -> list[ir.passes.PassBase]:
+        return exact_steps(transform, dims, absmax or _no_absmax, config.alpha, config.seed)
+
+    def lossy(hessian: Callable[[Linear], np.ndarray]) -> list[ir.passes.PassBase]:
+        weights = replace(config.weights, lm_head=config.weights.lm_head and head)
+        steps: list[ir.passes.PassBase] = []
+        if spec.weights and (not head or weights.lm_head):
+            steps.append(WeightQuantPass(dims, hessian, weights))
+        if head:
+            return steps
+        if spec.act_bits is not None:
+            steps.append(ActQuantPass(dims, ActQuantConfig(spec.act_bits)))
+        if spec.kv_bits is not None:
+            steps.append(KVQuantPass(dims, KVQuantConfig(spec.kv_bits, config.kv_prefix)))
+        return steps
+
+    return exact, lossy
 
 
 def lower_pipeline(config: LowerConfig) -> Pipeline:

@@ -9,7 +9,8 @@ one-line ``ValueError``, never a wrapped ``PassError``).
 
 For tests of interruption, ``SMOOTHROT_FAULT_AT=STEP`` (or ``STEP:SIGNAL``, e.g.
 ``quantize_weights:SIGHUP``) makes a pipeline send its own process that signal (SIGTERM by
-default) right before it runs the step of that name: the process stops at a known point.
+default) right before it runs the step of that name: the process stops at a known point. Other
+drivers name their own points with :func:`fault_point` (a streamed compile: ``layer.K``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "Pipeline",
     "PipelineResult",
     "StepResult",
+    "fault_point",
     "pass_name",
 ]
 
@@ -57,7 +59,7 @@ def pass_name(p: ir.passes.PassBase) -> str:
     return getattr(p, "name", None) or type(p).__name__
 
 
-def _fault_at(name: str) -> None:
+def fault_point(name: str) -> None:
     """Signal this process if ``SMOOTHROT_FAULT_AT`` names step ``name`` (see the module doc)."""
     wanted = os.environ.get(FAULT_AT_ENV)
     if not wanted:
@@ -123,7 +125,7 @@ class Pipeline(ir.passes.PassManager):
         steps: list[StepResult] = []
         for p in self.passes:
             name = pass_name(p)
-            _fault_at(name)
+            fault_point(name)
             start = time.perf_counter()
             result = p(model)
             seconds = time.perf_counter() - start

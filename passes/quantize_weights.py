@@ -194,8 +194,8 @@ class WeightQuantPass(ir.passes.InPlacePass):
         if self.config.lm_head and mm.lm_head is not None:
             targets.append(mm.lm_head)
         todo = [lin for lin in targets if lin.dequantize is None]
-        bar = tqdm(todo, desc=f"quantize ({self.config.algorithm.value})", unit="layer")
-        bar.disable = not self.progress
+        desc = f"quantize ({self.config.algorithm.value})"
+        bar = tqdm(todo, desc=desc, unit="layer", disable=not self.progress)
         results: list[LayerQuantResult] = []
         for lin in bar:
             b = constant_array(lin.weight)

@@ -23,6 +23,11 @@ def add_compile(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--model", help="HF model directory or .gguf file (default: packaged model)")
     src.add_argument("--onnx", type=Path, help="a directory written by `smoothrot export`")
     p.add_argument("-o", "--output", required=True, type=Path, help="output directory")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with an interrupted streamed compile of the same -o (its finished layers)",
+    )
     p.set_defaults(run=_run_compile, flags=add_config_flags(p, "compile", CompileConfig))
 
 
@@ -30,13 +35,18 @@ def _run_compile(args: argparse.Namespace) -> int:
     from smoothrot.compiler.compile import compile_model
 
     config: CompileConfig = args.flags.config(args)
-    report = compile_model(args.output, config, model=args.model, onnx_dir=args.onnx)
-    lg = report["logits"]
-    print(
-        f"compiled {config.recipe.value} (transform {report['transform']}) to {args.output}; "
-        f"logits vs input: max |diff| {lg['max_abs_logit_diff']:.2e}, SNR "
-        f"{lg['logit_snr_db']:.1f} dB"
+    report = compile_model(
+        args.output, config, model=args.model, onnx_dir=args.onnx, resume=args.resume
     )
+    done = f"compiled {config.recipe.value} (transform {report['transform']}) to {args.output}"
+    lg = report.get("logits")
+    if lg is None:
+        print(f"{done} (not evaluated)")
+    else:
+        print(
+            f"{done}; logits vs input: max |diff| {lg['max_abs_logit_diff']:.2e}, SNR "
+            f"{lg['logit_snr_db']:.1f} dB"
+        )
     if "perplexity" in report:
         p = report["perplexity"]
         print(f"perplexity {p['before']:.3f} -> {p['after']:.3f} (x{p['ratio']:.3f})")

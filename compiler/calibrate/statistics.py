@@ -44,6 +44,7 @@ from smoothrot.core.manifest import Manifest, load_manifest
 __all__ = [
     "CALIBRATION_DIR",
     "CalibrationStats",
+    "Accumulator",
     "ActivationStats",
     "calibrate_dir",
     "feeds",
@@ -92,7 +93,9 @@ def matmul_inputs(model: ir.Model, weights: dict[str, str]) -> dict[str, list[st
     return found
 
 
-class _Accumulator:
+class Accumulator:
+    """Running abs-max, sum of squares and (optionally) Hessian XᵀX of one activation."""
+
     def __init__(self, channels: int, hessian: bool) -> None:
         self.absmax = np.zeros(channels, np.float32)
         self.sumsq = np.zeros(channels, np.float64)
@@ -159,14 +162,14 @@ def calibrate_dir(
     names = list(inputs)
     session = session_with_outputs(directory, manifest.model_file, names)
     out_names = [o.name for o in session.get_outputs()]
-    acc: dict[str, _Accumulator] = {}
+    acc: dict[str, Accumulator] = {}
     t0 = time.perf_counter()
     for row in tqdm(seqs, desc="calibrate", unit="seq", disable=not progress):
         values = dict(zip(out_names, session.run(None, feeds(manifest, row)), strict=True))
         for name in names:
             x = values[name]
             if name not in acc:
-                acc[name] = _Accumulator(x.shape[-1], config.hessian)
+                acc[name] = Accumulator(x.shape[-1], config.hessian)
             acc[name].add(x)
     meta = {
         "tokens": int(seqs.size),
@@ -192,7 +195,7 @@ def feeds(manifest: Manifest, row: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _write(
-    output: Path, inputs: dict[str, list[str]], acc: dict[str, _Accumulator], meta: dict[str, Any]
+    output: Path, inputs: dict[str, list[str]], acc: dict[str, Accumulator], meta: dict[str, Any]
 ) -> None:
     layers: dict[str, str] = {}
     activations: dict[str, Any] = {}

@@ -26,6 +26,7 @@ from smoothrot.compiler.config.common import (
 )
 from smoothrot.compiler.config.compile import (
     CompileConfig,
+    StreamMode,
     Target,
     TuneConfig,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "RTX_COMPUTE_CAPABILITIES",
     "Recipe",
     "RotationKernel",
+    "StreamMode",
     "Target",
     "Transform",
     "TrtBackend",

@@ -15,6 +15,7 @@ from smoothrot.passes.smooth import SmoothConfig
 
 __all__ = [
     "CompileConfig",
+    "StreamMode",
     "Target",
     "TuneConfig",
 ]
@@ -54,6 +55,15 @@ class TuneConfig:
     @property
     def steps(self) -> int:
         return self.epochs * self.sequences // self.batch
+
+
+class StreamMode(enum.Enum):
+    """How ``compile --model`` reads the model: layer by layer from the checkpoint (memory of one
+    layer), or exported whole first (the fp32 export in the work directory)."""
+
+    AUTO = "auto"  # stream, unless --tune or --dump-after need the whole float graph
+    ON = "on"
+    OFF = "off"
 
 
 class Target(enum.Enum):
@@ -120,6 +130,17 @@ class CompileConfig:
         metadata=cli("qdq: the portable INT4 QDQ graph; ort: also lowered to ONNX Runtime's fast "
                      "CPU form (as `smoothrot lower`; INT4 recipes only)"),
     )  # fmt: skip
+    stream: StreamMode = field(
+        default=StreamMode.AUTO,
+        metadata=cli("with --model: compile layer by layer from the checkpoint, never holding "
+                     "the whole model (auto: unless --tune or --dump-after need the whole graph; "
+                     "off: export it whole first)"),
+    )  # fmt: skip
+    sequential: bool = field(
+        default=False,
+        metadata=cli("streamed: calibrate each layer on the output of the already quantized "
+                     "layers (GPTQ's sequential mode) instead of the float model's"),
+    )  # fmt: skip
     # With Target.ORT: how the QDQ result is lowered (its ``evaluate`` follows the compile's).
     lowering: LowerConfig = field(
         default_factory=LowerConfig, metadata=cli(flatten=True, exclude=("evaluate",))
@@ -155,6 +176,13 @@ class CompileConfig:
             raise ValueError(
                 f"--target ort needs an INT4 recipe; {self.recipe.value} has fp weights"
             )
+        if not isinstance(self.stream, StreamMode):
+            raise ValueError(f"stream must be a StreamMode, got {self.stream!r}")
+        if self.stream is StreamMode.ON and (self.tune is not None or self.dump_after):
+            what = "--tune" if self.tune is not None else "--dump-after"
+            raise ValueError(f"{what} needs the whole float graph: use --stream off (or auto)")
+        if self.sequential and self.stream is StreamMode.OFF:
+            raise ValueError("--sequential calibrates layer by layer: it needs --stream on/auto")
         if self.dump_after:
             self._check_dump_after()
 
@@ -169,6 +197,12 @@ class CompileConfig:
                 f"--dump-after {unknown[0]}: a compile of {self.recipe.value} (transform "
                 f"{self.transform_used.value}) has no such step; its steps: {', '.join(steps)}"
             )
+
+    def streams(self, from_model: bool) -> bool:
+        """Whether a compile of this config streams (``from_model``: it starts from --model)."""
+        if not from_model or self.stream is StreamMode.OFF:
+            return False
+        return self.stream is StreamMode.ON or (self.tune is None and not self.dump_after)
 
     @property
     def transform_used(self) -> Transform:

@@ -32,7 +32,7 @@ from smoothrot.core.errors import SmoothrotError
 from smoothrot.core.manifest import Manifest, ModelDims
 from smoothrot.passes.fold_transposed_weights import FoldTransposedWeightsPass
 
-__all__ = ["export_model", "model_dims"]
+__all__ = ["export_model", "model_dims", "name_weights", "tool_versions", "trace_decoder"]
 
 log = logging.getLogger("smoothrot.export")
 _WRAPPER_PREFIX = "model."  # FlatCacheDecoder stores the HF model as `self.model`
@@ -76,7 +76,7 @@ def _digest(array: np.ndarray) -> str:
     return hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=16).hexdigest()
 
 
-def _name_weights(model: ir.Model, hf_model: torch.nn.Module) -> dict[str, str]:
+def name_weights(model: ir.Model, hf_model: torch.nn.Module) -> dict[str, str]:
     """Rename MatMul weight initializers to ``<module>.weight_t`` by matching content."""
     by_digest: dict[str, str] = {}
     for name, module in hf_model.named_modules():
@@ -107,7 +107,7 @@ def _name_weights(model: ir.Model, hf_model: torch.nn.Module) -> dict[str, str]:
     return weights
 
 
-def _versions() -> dict[str, str]:
+def tool_versions() -> dict[str, str]:
     import onnx
     import onnxruntime
     import transformers
@@ -122,6 +122,33 @@ def _versions() -> dict[str, str]:
     }
 
 
+def trace_decoder(hf_model: torch.nn.Module, dims: ModelDims, opset: int) -> ir.Model:
+    """The dynamo trace of ``hf_model`` with a flat KV cache (see module docstring), its
+    transposed weights folded into initializers; refuses an exporter that fell back to another
+    opset."""
+    inputs, outputs = io_names(dims.layers)
+    dtype = next(hf_model.parameters()).dtype
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            FlatCacheDecoder(hf_model).eval(),
+            _example_inputs(dims, dtype),
+            dynamo=True,
+            dynamic_shapes=_dynamic_shapes(dims.layers),
+            input_names=inputs,
+            output_names=outputs,
+            opset_version=opset,
+            optimize=True,
+            verbose=False,
+        )
+    model = program.model
+    written = model.opset_imports.get("")
+    if written != opset:  # the exporter falls back silently where it cannot convert
+        raise SmoothrotError(f"--opset {opset}: the torch exporter wrote opset {written} instead")
+    FoldTransposedWeightsPass()(model)
+    return model
+
+
 def export_model(source: ModelSource, out: Path, config: ExportConfig) -> Manifest:
     """Trace ``source`` and write ``out`` atomically (model, tokenizer, manifest)."""
     out = Path(out)
@@ -134,27 +161,8 @@ def export_model(source: ModelSource, out: Path, config: ExportConfig) -> Manife
         "loaded %s (%s) in %.1fs", source.path.name, source.architecture, time.perf_counter() - t0
     )
     t1 = time.perf_counter()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            FlatCacheDecoder(hf_model).eval(),
-            _example_inputs(dims, config.dtype.torch),
-            dynamo=True,
-            dynamic_shapes=_dynamic_shapes(dims.layers),
-            input_names=inputs,
-            output_names=outputs,
-            opset_version=config.opset,
-            optimize=True,
-            verbose=False,
-        )
-    model = program.model
-    written = model.opset_imports.get("")
-    if written != config.opset:  # the exporter falls back silently where it cannot convert
-        raise SmoothrotError(
-            f"--opset {config.opset}: the torch exporter wrote opset {written} instead"
-        )
-    FoldTransposedWeightsPass()(model)
-    weights = _name_weights(model, hf_model)
+    model = trace_decoder(hf_model, dims, config.opset)
+    weights = name_weights(model, hf_model)
     trace_s = time.perf_counter() - t1
     log.info("traced %d nodes in %.1fs", len(model.graph), trace_s)
     manifest = Manifest(
@@ -165,7 +173,7 @@ def export_model(source: ModelSource, out: Path, config: ExportConfig) -> Manife
         dtype=config.dtype,
         inputs=inputs,
         outputs=outputs,
-        versions=_versions(),
+        versions=tool_versions(),
         weights=weights,
         stages=[{"stage": "export", "seconds": round(time.perf_counter() - t0, 1)}],
     )

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from smoothrot.compiler.config import EvalConfig
 from smoothrot.core.errors import SmoothrotError
 
-__all__ = ["PerplexityResult", "perplexity", "windows"]
+__all__ = ["PerplexityResult", "perplexity", "window_nll", "windows"]
 
 LogitsFn = Callable[[np.ndarray], np.ndarray]
 
@@ -42,6 +42,12 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+def window_nll(logits: np.ndarray, row: np.ndarray) -> float:
+    """Summed NLL (nats) of ``row[1:]`` under ``logits [len(row), V]`` (``row[0]`` is context)."""
+    logp = _log_softmax(logits[:-1])
+    return -float(logp[np.arange(len(row) - 1), row[1:]].sum())
+
+
 def perplexity(
     logits_fn: LogitsFn,
     token_ids: Sequence[int],
@@ -59,8 +65,7 @@ def perplexity(
     total = 0.0
     for row in tqdm(batches, desc="perplexity", unit="window", disable=not progress):
         ids = np.concatenate([prefix, row])[None, :]
-        logp = _log_softmax(logits_fn(ids)[0, len(prefix) : -1])
-        total -= float(logp[np.arange(config.seq - 1), row[1:]].sum())
+        total += window_nll(logits_fn(ids)[0, len(prefix) :], row)
     count = config.windows * (config.seq - 1)
     nll = total / count
     return PerplexityResult(float(np.exp(nll)), nll, count, config.windows, config.seq)

@@ -29,6 +29,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import logging
 import os
 import shutil
 import tempfile
@@ -48,6 +49,7 @@ __all__ = [
     "staged_output",
 ]
 
+log = logging.getLogger("smoothrot.outdir")
 RESUME_JOURNAL = "resume.json"  # a staging directory holding one is never removed automatically
 _PID_FILE = "pid"
 _AT_FDCWD = -100
@@ -196,26 +198,62 @@ def _swap_in(result: Path, out: Path, marker: str, staging: Path) -> None:
     result.rename(out)
 
 
+def _resumable(out: Path) -> Path | None:
+    """The newest staging directory of ``out`` holding a resume journal whose process is gone."""
+    found = []
+    for stale in out.parent.glob(f".{out.name}.partial-*"):
+        if stale.is_dir() and not stale.is_symlink() and (stale / RESUME_JOURNAL).is_file():
+            try:
+                pid = int((stale / _PID_FILE).read_text().strip())
+            except (OSError, ValueError):
+                pid = 0
+            if not (pid and pid != os.getpid() and _pid_alive(pid)):
+                found.append(stale)
+    return max(found, key=lambda p: (p / RESUME_JOURNAL).stat().st_mtime_ns, default=None)
+
+
 @contextlib.contextmanager
 def staged_output(
-    out: Path, marker: str = MANIFEST_NAME, inputs: Sequence[Path | None] = ()
+    out: Path,
+    marker: str = MANIFEST_NAME,
+    inputs: Sequence[Path | None] = (),
+    resumable: bool = False,
+    resume: bool = False,
 ) -> Iterator[Staging]:
-    """Yield a :class:`Staging` whose ``out`` becomes ``out`` only if the block succeeds."""
+    """Yield a :class:`Staging` whose ``out`` becomes ``out`` only if the block succeeds.
+
+    ``resumable``: a block that fails after writing ``RESUME_JOURNAL`` into the staging root
+    (``Staging.work.parent``) leaves the staging directory in place; ``resume`` takes the newest
+    such directory of ``out`` up again instead of starting a new one."""
     out = check_output_dir(out, marker, inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
     with _lock(out):
         _remove_stale(out)
-        prefix = f".{out.name}.partial-{os.getpid()}-"
-        staging = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
+        previous = _resumable(out) if resume else None
+        if previous is not None:
+            staging = previous
+            log.info("resuming the interrupted run in %s", staging)
+            shutil.rmtree(staging / "out", ignore_errors=True)
+        else:
+            prefix = f".{out.name}.partial-{os.getpid()}-"
+            staging = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
+        keep = False
         try:
             (staging / _PID_FILE).write_text(f"{os.getpid()}\n")
             result, work = staging / "out", staging / "work"
             result.mkdir()
-            work.mkdir()
-            yield Staging(result, work)
+            work.mkdir(exist_ok=True)
+            try:
+                yield Staging(result, work)
+            except BaseException:
+                keep = resumable and (staging / RESUME_JOURNAL).is_file()
+                if keep:
+                    log.warning("interrupted; rerun with --resume to go on from %s", staging)
+                raise
             _swap_in(result, out, marker, staging)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            if not keep:
+                shutil.rmtree(staging, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ import numpy as np
 from smoothrot.compiler.measure.probes import logits_probe, model_bytes, perplexity_pair
 from smoothrot.core.int4 import Grouping
 
-__all__ = ["jsonable", "write_report"]
+__all__ = ["finish_report", "jsonable", "write_report"]
 
 
 def jsonable(value: Any) -> Any:
@@ -62,6 +62,12 @@ def write_report(
         report["exactness"] = {k: report["logits"][k] for k in ("tokens", "max_abs_logit_diff")}
     elif config.evaluate:
         report["perplexity"] = perplexity_pair(source, result, ("before", "after"))
+    return finish_report(result, report, layers)
+
+
+def finish_report(result: Path, report: dict[str, Any], layers: list[Any]) -> dict[str, Any]:
+    """Add the per-layer INT4 results (``LayerQuantResult``s) and write report.json/.md and the
+    layer plot into ``result``."""
     if layers:
         report["layers"] = jsonable(layers)
         counts: dict[str, int] = {}
@@ -101,13 +107,32 @@ def _plot_layers(path: Path, layers: list[Any]) -> None:
 
 def _markdown(r: dict[str, Any]) -> str:
     lines = [f"# smoothrot compile report: {r['recipe']} (transform {r['transform']})", ""]
-    lg = r["logits"]
-    lines += [
-        f"Logits vs the input model on {lg['tokens']} tokens: "
-        f"max |Δ| {lg['max_abs_logit_diff']:.3g},"
-        f" SNR {lg['logit_snr_db']:.1f} dB, top-1 agreement {lg['top1_agreement']:.1%}.",
-        "",
-    ]
+    lg = r.get("logits")
+    if lg is None:
+        lines += ["Not evaluated (`--no-eval`): no logits or perplexity measured.", ""]
+    else:
+        lines += [
+            f"Logits vs the input model on {lg['tokens']} tokens: "
+            f"max |Δ| {lg['max_abs_logit_diff']:.3g},"
+            f" SNR {lg['logit_snr_db']:.1f} dB, top-1 agreement {lg['top1_agreement']:.1%}.",
+            "",
+        ]
+    if "exact_stage" in r:
+        e = r["exact_stage"]
+        lines += [
+            f"Exact stage (the transform before quantization) vs the input model: max |Δ logits| "
+            f"{e['max_abs_logit_diff']:.3g} on {e['tokens']} tokens.",
+            "",
+        ]
+    if "stream" in r:
+        st = r["stream"]
+        lines += [
+            f"Compiled layer by layer ({st['calibration']} calibration): peak RSS "
+            f"{st['peak_rss_mb'] / 1024:.2f} GB (estimated up front "
+            f"{st['estimate_bytes'] / 2**30:.2f} GB), checkpoint {st['checkpoint_bytes'] / 1e9:.2f}"
+            " GB.",
+            "",
+        ]
     if "perplexity" in r:
         p = r["perplexity"]
         lines += [
@@ -140,6 +165,8 @@ def _markdown(r: dict[str, Any]) -> str:
                 f" | {errs} |"
             )
         lines.append("")
-    lines += ["| stage | seconds |", "|---|---|"]
-    lines += [f"| {s['stage']} | {s['seconds']} |" for s in r["stages"]]
+    lines += ["| stage | seconds | peak RSS MB |", "|---|---|---|"]
+    lines += [
+        f"| {s['stage']} | {s['seconds']} | {s.get('peak_rss_mb', '')} |" for s in r["stages"]
+    ]
     return "\n".join(lines) + "\n"
