@@ -112,10 +112,26 @@ def _inserted(node: ir.Node) -> bool:
     return bool(props.get(ROTATION_MARK) or props.get(ACT_QUANT_MARK))
 
 
-def transform_constant(node: ir.Node, value: ir.Value, fn) -> None:
-    """Make ``value`` (an input of ``node``) private to it, then set it to ``fn(float64 data)``."""
+CHUNK_BYTES = 512 * 2**20  # float64 working size above which a separable transform is chunked
+
+
+def transform_constant(node: ir.Node, value: ir.Value, fn, axis: int | None = None) -> None:
+    """Make ``value`` (an input of ``node``) private to it, then set it to ``fn(float64 data)``.
+
+    ``axis``: ``fn`` acts on slices along that axis independently (rows of ``E @ Q``, columns of
+    ``Qᵀ B``), so a large tensor is transformed in slices and never held whole in float64."""
     own = private_constant(node, list(node.inputs).index(value))
-    set_constant(own, fn(constant_array(own).astype(np.float64)))
+    data = constant_array(own)
+    if axis is None or data.size * 8 <= CHUNK_BYTES:
+        set_constant(own, fn(data.astype(np.float64)))
+        return
+    out = np.empty_like(data)
+    step = max(1, CHUNK_BYTES // (8 * (data.size // data.shape[axis])))
+    for start in range(0, data.shape[axis], step):
+        part = [slice(None)] * data.ndim
+        part[axis] = slice(start, start + step)
+        out[tuple(part)] = fn(data[tuple(part)].astype(np.float64))
+    set_constant(own, out)
 
 
 def remove_if_dead(graph: ir.Graph, node: ir.Node) -> bool:

@@ -38,7 +38,7 @@ class FoldNormGammaPass(ir.passes.InPlacePass):
             if np.all(gamma == 1):
                 continue
             for lin in linears:
-                lin.transform_weight(lambda w, g=gamma: g.astype(np.float64)[:, None] * w)
+                lin.transform_weight(lambda w, g=gamma: g.astype(np.float64)[:, None] * w, axis=1)
             transform_constant(norm.node, norm.gamma, np.ones_like)
             modified, folded = True, folded + 1
         return PassReport(model, modified, {"norms_folded": folded})

@@ -112,11 +112,12 @@ class Linear:
         """The DequantizeLinear producing ``B`` once the weight is quantized, else None."""
         return producer_op(self.weight, "DequantizeLinear")
 
-    def transform_weight(self, fn) -> None:
-        """``B := fn(B)`` (float64 in, stored in B's dtype), on a copy only this MatMul reads."""
+    def transform_weight(self, fn, axis: int | None = None) -> None:
+        """``B := fn(B)`` (float64 in, stored in B's dtype), on a copy only this MatMul reads;
+        ``axis``: ``fn`` is separable along it (see ``transform_constant``)."""
         if self.dequantize is not None:
             raise ModelMapError(f"{self.name} is already quantized; exact passes must run first")
-        transform_constant(self.node, self.weight, fn)
+        transform_constant(self.node, self.weight, fn, axis)
 
     def transform_bias(self, fn) -> None:
         if self.bias is not None and self.bias_node is not None:

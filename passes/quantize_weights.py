@@ -36,7 +36,7 @@ from smoothrot.core.manifest import ModelDims
 from smoothrot.core.pass_infra import PassReport
 from smoothrot.passes._conditions import ensure_blocked_int4, require_not_lowered
 from smoothrot.passes._graph import constant_array, drop_dead_initializers, new_initializer
-from smoothrot.passes.gptq import gptq
+from smoothrot.passes.gptq import gptq, inverse_cholesky
 from smoothrot.passes.model_map import Linear, build_model_map
 
 __all__ = [
@@ -131,16 +131,21 @@ def check_group_sizes(dims: ModelDims, config: WeightQuantConfig) -> dict[str, d
 
 
 def quantize_layer(
-    b: np.ndarray, hessian: np.ndarray | None, grouping: Grouping, config: WeightQuantConfig
+    b: np.ndarray,
+    hessian: np.ndarray | None,
+    grouping: Grouping,
+    config: WeightQuantConfig,
+    factor: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[QuantizedWeight, float]:
-    """One grouping of one layer: fitted group, searched clip, RTN or GPTQ → (weight, error)."""
+    """One grouping of one layer: fitted group, searched clip, RTN or GPTQ → (weight, error).
+    ``factor()`` gives GPTQ's inverse-Hessian factor when the caller caches it."""
     k, n = b.shape
     block = fit_group_size(k if grouping is Grouping.PER_OC else n, config.group_size)
     clip = search_clip(b, hessian, grouping, block, config.clip_grid)
     if config.algorithm is Algorithm.GPTQ:
         if hessian is None:
             raise SmoothrotError("GPTQ needs calibration Hessians")
-        qw = gptq(b, hessian, grouping, block, clip, config.damp)
+        qw = gptq(b, hessian, grouping, block, clip, config.damp, factor() if factor else None)
     else:
         qw = quantize_rtn(b, grouping, block, clip)
     error = float(output_error(qw.dequantize() - np.asarray(b, np.float64), hessian).sum())
@@ -197,15 +202,29 @@ class WeightQuantPass(ir.passes.InPlacePass):
         desc = f"quantize ({self.config.algorithm.value})"
         bar = tqdm(todo, desc=desc, unit="layer", disable=not self.progress)
         results: list[LayerQuantResult] = []
+        # Linears that read one input (q/k/v, gate/up) share its Hessian (in float64, as the
+        # error and GPTQ use it) and GPTQ's factor of it: computed once, not once per use.
+        shared: dict[str, tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]] = {}
         for lin in bar:
             b = constant_array(lin.weight)
             if b.dtype != np.float32:
                 raise SmoothrotError(f"{lin.name}: INT4 quantization needs fp32 weights, {b.dtype}")
-            h = self.hessian(lin)
+            key = lin.input.name or lin.name
+            if key not in shared:
+                shared.clear()  # one input at a time: the cache holds at most one Hessian
+                raw = self.hessian(lin)
+                shared[key] = (None if raw is None else np.asarray(raw, np.float64), {})
+            h, factors = shared[key]
+
+            def factor(h=h, factors=factors) -> tuple[np.ndarray, np.ndarray]:
+                if "u" not in factors:
+                    factors["u"] = inverse_cholesky(h, self.config.damp)
+                return factors["u"]
+
             tried = {}
             for grouping in self.config.grouping.candidates:
                 try:
-                    tried[grouping] = quantize_layer(b, h, grouping, self.config)
+                    tried[grouping] = quantize_layer(b, h, grouping, self.config, factor)
                 except ValueError as exc:
                     raise SmoothrotError(f"{lin.name} {list(b.shape)}: {exc}") from exc
             best = min(tried, key=lambda g: tried[g][1])

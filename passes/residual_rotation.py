@@ -59,13 +59,13 @@ class ResidualRotationPass(ir.passes.InPlacePass):
         if mm.embedding is None or mm.lm_head is None:
             raise ModelMapError("residual rotation needs the embedding Gather and lm_head")
         q = rotation_factors(self.dims.hidden, self.seed).dense
-        transform_constant(mm.embedding, mm.embedding.inputs[0], lambda e: e @ q)
+        transform_constant(mm.embedding, mm.embedding.inputs[0], lambda e: e @ q, axis=0)
         for _, readers in mm.norm_consumers():
             for lin in readers:
-                lin.transform_weight(lambda w: q.T @ w)
+                lin.transform_weight(lambda w: q.T @ w, axis=1)
         for layer in mm.layers:
             for writer in (layer.o, layer.down):
-                writer.transform_weight(lambda w: w @ q)
+                writer.transform_weight(lambda w: w @ q, axis=0)
                 writer.transform_bias(lambda b: b @ q)
             if self.per_head:
                 self._rotate_heads(layer.v, layer.o)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx_ir as ir
 from tqdm import tqdm
 
 from smoothrot.compiler.config import CompileConfig, EvalConfig
@@ -55,7 +56,7 @@ from smoothrot.compiler.stream.streams import Streams
 from smoothrot.compiler.stream.template import trace_template
 from smoothrot.core.config_io import config_to_dict
 from smoothrot.core.errors import SmoothrotError
-from smoothrot.core.manifest import DType, Manifest
+from smoothrot.core.manifest import MODEL_FILE, DType, Manifest
 from smoothrot.core.pass_infra import fault_point
 from smoothrot.passes.quantize_weights import check_group_sizes
 
@@ -131,6 +132,8 @@ def stream_compile(
             exact, lossy = stream_passes(config, hd, head=True)
             keep_fp = config.evaluate or config.transform_used.smooths
             files, head_details = transform_head(head, hd, exact(None), work, keep_fp)
+            del head  # on disk from here on: the layers' step never holds the model's ends
+            release_freed_memory()
         streams_file = work / "streams.npz"
         if journal.layers and streams_file.is_file():
             streams = Streams.load(streams_file)
@@ -159,11 +162,12 @@ def stream_compile(
                 bar.update(1)
         if config.weights.lm_head and spec.weights:
             with stage("lm_head"):
+                head = ir.load(str(files.float / MODEL_FILE))
                 files, more = quantize_head(
                     head, files, hd, lossy, streams.cal_ids, streams.cal, work
                 )
                 head_details |= more
-        del head
+                del head
     measures: dict[str, Any] = {}
     if config.evaluate:
         with stage("evaluate"):

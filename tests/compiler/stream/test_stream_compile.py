@@ -37,12 +37,17 @@ def test_exact_stream_matches_the_export(arch, tiny_model_dir, tiny_export, tmp_
 
 
 @pytest.mark.parametrize(
-    "recipe, algorithm", [(Recipe.W4A16, Algorithm.GPTQ), (Recipe.W4A4KV4, Algorithm.RTN)]
+    "recipe, algorithm, lm_head",
+    [
+        (Recipe.W4A16, Algorithm.GPTQ, False),
+        (Recipe.W4A4KV4, Algorithm.RTN, False),
+        (Recipe.W4A8, Algorithm.RTN, True),
+    ],
 )
 def test_stream_matches_the_whole_graph_compile(
-    recipe, algorithm, tiny_model_dir, tiny_export, tmp_path
+    recipe, algorithm, lm_head, tiny_model_dir, tiny_export, tmp_path
 ):
-    weights = WeightQuantConfig(algorithm=algorithm)
+    weights = WeightQuantConfig(algorithm=algorithm, lm_head=lm_head)
     streamed = tmp_path / "streamed"
     whole = tmp_path / "whole"
     config = _config(recipe, weights=weights, stream=StreamMode.ON)
@@ -65,7 +70,7 @@ def test_stream_matches_the_whole_graph_compile(
     assert report["perplexity"]["before"] == pytest.approx(
         whole_report["perplexity"]["before"], rel=1e-5
     )
-    assert len(report["layers"]) == 14
+    assert len(report["layers"]) == 14 + lm_head
     assert {row["stage"] for row in report["stages"]} >= {"trace", "head", "layers", "assemble"}
     assert all(row["peak_rss_mb"] > 0 for row in report["stages"])
 
