@@ -114,7 +114,12 @@ def quantize_rtn(
 
 def output_error(delta: np.ndarray, hessian: np.ndarray | None) -> np.ndarray:
     """Per output column ``Δ_nᵀ H Δ_n`` (the squared output error over the calibration tokens);
-    without a Hessian, the plain squared weight error per column."""
+    without a Hessian, the plain squared weight error per column. The product ``HΔ`` runs in
+    the Hessian's precision when it is float32 (a large layer's: half the GEMM time), else in
+    float64; the sum over K is always float64."""
+    if hessian is not None and np.asarray(hessian).dtype == np.float32:
+        d32 = np.asarray(delta, np.float32)
+        return np.einsum("kn,kn->n", hessian @ d32, d32, dtype=np.float64)
     d = np.asarray(delta, np.float64)
     if hessian is None:
         return np.einsum("kn,kn->n", d, d)

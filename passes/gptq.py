@@ -31,15 +31,38 @@ __all__ = ["gptq", "inverse_cholesky"]
 _BLOCK_ROWS = 128
 
 
-def inverse_cholesky(hessian: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
-    """Upper Cholesky factor of the damped ``H⁻¹`` and the mask of dead input channels (each
-    intermediate freed as soon as it is used: a 14336-wide Hessian is 1.6 GB in float64)."""
+def _lower_inverse(low: np.ndarray) -> np.ndarray:
+    """Inverse of a lower-triangular matrix by halves: ``[[A, 0], [C, D]]⁻¹ = [[A⁻¹, 0],
+    [-D⁻¹ C A⁻¹, D⁻¹]]``, i.e. ``n³/3`` multiply-adds in GEMMs instead of a dense solve."""
+    n = len(low)
+    if n <= 256:
+        return np.linalg.inv(low)
+    h = n // 2
+    a_inv, d_inv = _lower_inverse(low[:h, :h]), _lower_inverse(low[h:, h:])
+    out = np.zeros_like(low)
+    out[:h, :h], out[h:, h:] = a_inv, d_inv
+    out[h:, :h] = -(d_inv @ (low[h:, :h] @ a_inv))
+    return out
+
+
+def inverse_cholesky(
+    hessian: np.ndarray, damp: float, fast: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Upper Cholesky factor ``U`` of the damped ``H⁻¹`` (``H⁻¹ = UᵀU``) and the mask of dead
+    input channels, each intermediate freed as soon as it is used (a 14336-wide Hessian is 1.6
+    GB in float64). ``fast``: one Cholesky of the reversed ``JHJ = LLᵀ`` and a triangular
+    inverse, ``U = J L⁻¹ J``, in float32 (a sixth of the work; the reference path: two
+    Cholesky factorizations, a dense solve and a product, in float64)."""
     if not 0.0 < damp < 1.0:
         raise ValueError(f"damp must be in (0, 1), got {damp}")
     h = np.array(hessian, np.float64, copy=True)
     dead = np.diag(h) <= 0
     h[dead, dead] = 1.0
     h[np.diag_indices_from(h)] += damp * float(np.mean(np.diag(h)))
+    if fast:
+        low = np.linalg.cholesky(np.ascontiguousarray(h[::-1, ::-1])).astype(np.float32)
+        del h
+        return np.ascontiguousarray(_lower_inverse(low)[::-1, ::-1]), dead
     low = np.linalg.cholesky(h)
     del h
     eye = np.eye(len(low))
@@ -66,7 +89,7 @@ def gptq(
         raise ValueError(f"damp must be in (0, 1), got {damp}")
     k_dim, n_dim = b.shape
     u, dead = factor if factor is not None else inverse_cholesky(hessian, damp)
-    w = np.array(b, np.float64, copy=True)
+    w = np.array(b, u.dtype, copy=True)  # float64, or float32 with a fast factor
     w[dead, :] = 0.0
     clip64 = np.asarray(clip, np.float64)
     q = np.zeros((k_dim, n_dim), np.int8)
@@ -98,7 +121,7 @@ def gptq(
             row = w1[i].astype(np.float32)
             q[k] = quantize_rows(row, row_scale)
             deq = q[k].astype(np.float32) * row_scale
-            e = (w1[i] - deq.astype(np.float64)) / u1[i, i]
+            e = (w1[i] - deq.astype(w.dtype)) / u1[i, i]
             w1[i + 1 :] -= np.outer(u1[i, i + 1 :], e)
             err1[i] = e
         w[i2:] -= u[i1:i2, i2:].T @ err1

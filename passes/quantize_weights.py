@@ -50,6 +50,10 @@ __all__ = [
 ]
 
 QUANT_MARK = "smoothrot.weight_quant"
+# A Linear whose K²·N exceeds this (multiply-adds of one output-error evaluation: every Linear of
+# a 1B+ model, none of SmolLM2's) evaluates its errors and runs GPTQ in float32 GEMMs with the
+# fast inverse-Hessian factor; smaller ones keep the float64 reference path.
+FAST_WORK = 4e9
 
 
 class GroupingMode(enum.Enum):
@@ -174,6 +178,12 @@ def _store(graph: ir.Graph, lin: Linear, qw: QuantizedWeight) -> None:
     out.type = ir.TensorType(ir.DataType.FLOAT)
 
 
+def _cached(cache: dict, key: str, make: Callable[[], object]):  # noqa: ANN202
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
 class WeightQuantPass(ir.passes.InPlacePass):
     """Quantize Linear weights to INT4 QDQ (see module docstring). ``details["layers"]``: a
     :class:`LayerQuantResult` per layer quantized by this call."""
@@ -209,17 +219,22 @@ class WeightQuantPass(ir.passes.InPlacePass):
             b = constant_array(lin.weight)
             if b.dtype != np.float32:
                 raise SmoothrotError(f"{lin.name}: INT4 quantization needs fp32 weights, {b.dtype}")
+            fast = b.shape[0] ** 2 * b.shape[1] > FAST_WORK
             key = lin.input.name or lin.name
             if key not in shared:
                 shared.clear()  # one input at a time: the cache holds at most one Hessian
                 raw = self.hessian(lin)
-                shared[key] = (None if raw is None else np.asarray(raw, np.float64), {})
-            h, factors = shared[key]
+                shared[key] = (None if raw is None else np.asarray(raw), {})
+            raw_h, factors = shared[key]
+            dtype = np.float32 if fast else np.float64
+            if raw_h is not None and f"h{fast}" not in factors:
+                factors[f"h{fast}"] = np.asarray(raw_h, dtype)
+            h = None if raw_h is None else factors[f"h{fast}"]
 
-            def factor(h=h, factors=factors) -> tuple[np.ndarray, np.ndarray]:
-                if "u" not in factors:
-                    factors["u"] = inverse_cholesky(h, self.config.damp)
-                return factors["u"]
+            def factor(h=h, factors=factors, fast=fast) -> tuple[np.ndarray, np.ndarray]:
+                return _cached(
+                    factors, f"u{fast}", lambda: inverse_cholesky(h, self.config.damp, fast)
+                )
 
             tried = {}
             for grouping in self.config.grouping.candidates:
