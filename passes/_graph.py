@@ -125,7 +125,7 @@ def transform_constant(node: ir.Node, value: ir.Value, fn, axis: int | None = No
     if axis is None or data.size * 8 <= CHUNK_BYTES:
         set_constant(own, fn(data.astype(np.float64)))
         return
-    out = np.empty_like(data)
+    out = data if data.flags.writeable else np.empty_like(data)  # in place: fn is separable
     step = max(1, CHUNK_BYTES // (8 * (data.size // data.shape[axis])))
     for start in range(0, data.shape[axis], step):
         part = [slice(None)] * data.ndim

@@ -20,6 +20,7 @@ from smoothrot.core.manifest import load_manifest
 
 __all__ = [
     "PROBE_TOKENS",
+    "compare_logits",
     "logits_probe",
     "model_bytes",
     "perplexity_pair",
@@ -58,10 +59,15 @@ def logits_probe(
         raise ValueError(f"decode_steps must be in [0, {ids.shape[1]}), got {decode_steps}")
     ref = teacher_forced_logits(OrtDecoder(source, optimize=optimize), ids, decode_steps)
     ours = teacher_forced_logits(OrtDecoder(result, optimize=optimize), ids, decode_steps)
+    return compare_logits(ref[0], ours[0], decode_steps)
+
+
+def compare_logits(ref: np.ndarray, ours: np.ndarray, decode_steps: int = 0) -> dict[str, Any]:
+    """max |Δ|, SNR (dB) and top-1 agreement of two ``[tokens, V]`` logits arrays."""
     noise = float(np.linalg.norm(ours - ref))
     snr = 20 * np.log10(np.linalg.norm(ref) / noise) if noise > 0 else float("inf")
     return {
-        "tokens": int(ids.shape[1]),
+        "tokens": int(ref.shape[0]),
         "max_abs_logit_diff": float(np.abs(ours - ref).max()),
         "logit_snr_db": float(snr),
         "top1_agreement": float(np.mean(ours.argmax(-1) == ref.argmax(-1))),

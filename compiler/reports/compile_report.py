@@ -20,7 +20,7 @@ import numpy as np
 from smoothrot.compiler.measure.probes import logits_probe, model_bytes, perplexity_pair
 from smoothrot.core.int4 import Grouping
 
-__all__ = ["finish_report", "jsonable", "write_report"]
+__all__ = ["finish_report", "jsonable", "report_head", "write_report"]
 
 
 def jsonable(value: Any) -> Any:
@@ -48,14 +48,8 @@ def write_report(
 ) -> dict[str, Any]:
     """Measure ``result`` against ``source`` and write report.json/.md (+ plot) into ``result``."""
     recipe = config.recipe
-    report: dict[str, Any] = {
-        "recipe": recipe.value,
-        "transform": config.transform_used.value,
-        "config": jsonable(config),
-        "logits": logits_probe(source, result),
-        "size_bytes": {"input": model_bytes(source), "output": model_bytes(result)},
-        "stages": stages,
-    }
+    report = report_head(config, model_bytes(source), model_bytes(result), stages)
+    report["logits"] = logits_probe(source, result)
     if tune is not None:
         report["tune"] = tune
     if recipe.exact:
@@ -63,6 +57,19 @@ def write_report(
     elif config.evaluate:
         report["perplexity"] = perplexity_pair(source, result, ("before", "after"))
     return finish_report(result, report, layers)
+
+
+def report_head(
+    config: Any, input_bytes: int, output_bytes: int, stages: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """What every compile report starts with: the recipe, transform, config, sizes, stages."""
+    return {
+        "recipe": config.recipe.value,
+        "transform": config.transform_used.value,
+        "config": jsonable(config),
+        "size_bytes": {"input": input_bytes, "output": output_bytes},
+        "stages": stages,
+    }
 
 
 def finish_report(result: Path, report: dict[str, Any], layers: list[Any]) -> dict[str, Any]:

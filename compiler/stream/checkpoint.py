@@ -16,7 +16,7 @@ checkpoint that does not match its config is one line, not a wrong model.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -210,8 +210,3 @@ def open_checkpoint(source: ModelSource, allow_pickle: bool = False) -> Checkpoi
     if source.kind is SourceKind.HF_DIR and check_weights(source.path, allow_pickle):
         return _lazy_safetensors(hf_config(source), source.path)
     return _in_memory(source, allow_pickle)
-
-
-def layer_names(index: int, names: Iterator[str] | list[str]) -> list[str]:
-    prefix = f"model.layers.{index}."
-    return [n for n in names if n.startswith(prefix)]

@@ -148,10 +148,12 @@ def run_layer(
         shutil.rmtree(fl)
         seconds["calibrate"] = time.perf_counter() - t
         t = time.perf_counter()
-        if quantizes:
-            result = Pipeline(lossy_passes(_lookup(acc, inputs, "hessian")))(segment)
+        hessian = _lookup(acc, inputs, "hessian") if quantizes else None
+        del acc  # the float64 sums: the lookup holds the float32 Hessians GPTQ reads
+        if hessian is not None:
+            result = Pipeline(lossy_passes(hessian))(segment)
             details |= {s.name: s.details for s in result.steps}
-        del acc
+        del hessian
         seconds["quantize"] = time.perf_counter() - t
     t = time.perf_counter()
     save_model(segment, _fresh(out))

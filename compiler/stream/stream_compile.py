@@ -29,6 +29,7 @@ from smoothrot.compiler.export.exporter import model_dims, tool_versions
 from smoothrot.compiler.export.wrapper import io_names
 from smoothrot.compiler.measure.corpus import CorpusPart, corpus_part
 from smoothrot.compiler.measure.perplexity import windows
+from smoothrot.compiler.measure.probes import compare_logits
 from smoothrot.compiler.modeldir.model_dir import save_tokenizer
 from smoothrot.compiler.modeldir.outdir import RESUME_JOURNAL
 from smoothrot.compiler.modeldir.sources import ModelSource, SourceKind
@@ -51,7 +52,7 @@ from smoothrot.compiler.stream.memory import (
     reset_peak_rss,
 )
 from smoothrot.compiler.stream.segments import head_dims, head_model, layer_segment
-from smoothrot.compiler.stream.stream_report import probe, stream_report
+from smoothrot.compiler.stream.stream_report import stream_report
 from smoothrot.compiler.stream.streams import Streams
 from smoothrot.compiler.stream.template import trace_template
 from smoothrot.core.config_io import config_to_dict
@@ -214,11 +215,11 @@ def _evaluate(files, hd, streams: Streams, lossy: bool) -> dict[str, Any]:
     measures: dict[str, Any] = {
         "perplexity": {"before": float(np.exp(nll_u / n)), "after": float(np.exp(nll_q / n)),
                        "tokens": n, "text": "pydoc_data evaluation part"},
-        "logits": probe(ref[:PROBE_TOKENS], ours[:PROBE_TOKENS]),
+        "logits": compare_logits(ref[:PROBE_TOKENS], ours[:PROBE_TOKENS]),
     }  # fmt: skip
     if lossy and streams.probe_f is not None and streams.probe_ids is not None:
         _, exact = head_logits(files.float, files.h, hd, streams.probe_f, streams.probe_ids)
-        measures["exact_stage"] = probe(ref[:PROBE_TOKENS], exact[:PROBE_TOKENS])
+        measures["exact_stage"] = compare_logits(ref[:PROBE_TOKENS], exact[:PROBE_TOKENS])
     return measures
 
 

@@ -13,28 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from smoothrot.compiler.measure.probes import model_bytes
 from smoothrot.compiler.modeldir.sources import ModelSource
-from smoothrot.compiler.reports.compile_report import finish_report, jsonable
+from smoothrot.compiler.reports.compile_report import finish_report, report_head
 from smoothrot.core.int4 import Grouping
 from smoothrot.passes.quantize_weights import LayerQuantResult
 
-__all__ = ["layer_results", "probe", "stream_report"]
-
-
-def probe(ref: np.ndarray, ours: np.ndarray) -> dict[str, Any]:
-    """max |Δ|, SNR (dB) and top-1 agreement of two ``[tokens, V]`` logits arrays."""
-    noise = float(np.linalg.norm(ours - ref))
-    snr = 20 * np.log10(np.linalg.norm(ref) / noise) if noise > 0 else float("inf")
-    return {
-        "tokens": int(ref.shape[0]),
-        "max_abs_logit_diff": float(np.abs(ours - ref).max()),
-        "logit_snr_db": float(snr),
-        "top1_agreement": float(np.mean(ours.argmax(-1) == ref.argmax(-1))),
-        "decode_steps": 0,
-    }
+__all__ = ["layer_results", "stream_report"]
 
 
 def layer_results(details: list[dict[str, Any]]) -> list[LayerQuantResult]:
@@ -65,12 +50,8 @@ def stream_report(
     estimate: int,
 ) -> dict[str, Any]:
     recipe = config.recipe
-    report: dict[str, Any] = {
-        "recipe": recipe.value,
-        "transform": config.transform_used.value,
-        "config": jsonable(config),
-        "size_bytes": {"input": checkpoint_bytes, "output": model_bytes(result)},
-        "stages": stages,
+    report = report_head(config, checkpoint_bytes, model_bytes(result), stages)
+    report |= {
         "stream": {
             "calibration": "sequential" if config.sequential else "float model",
             "peak_rss_mb": max((s.get("peak_rss_mb", 0.0) for s in stages), default=0.0),

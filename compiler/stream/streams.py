@@ -39,11 +39,6 @@ class Streams:
     def needs_untransformed(self) -> bool:
         return self.cal_u is not None
 
-    def nbytes(self) -> int:
-        return sum(
-            getattr(self, f.name).nbytes for f in fields(self) if getattr(self, f.name) is not None
-        )
-
     def save(self, path: Path) -> None:
         arrays = {f.name: getattr(self, f.name) for f in fields(self)}
         tmp = path.with_name(path.name + ".tmp.npz")

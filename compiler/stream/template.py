@@ -108,6 +108,12 @@ def trace_template(config: Any, opset: int) -> Template:
     from transformers import AutoModelForCausalLM
 
     dims = model_dims(config)
+    kinds = sorted(set(getattr(config, "layer_types", None) or []))
+    if len(kinds) > 1:
+        raise SmoothrotError(
+            f"streaming: the layers are of {len(kinds)} kinds ({', '.join(kinds)}) and one traced "
+            "layer stands for all of them; compile this model with --stream off"
+        )
     small = config.__class__.from_dict(config.to_dict())
     small.num_hidden_layers, small.vocab_size, small.tie_word_embeddings = 1, TEMPLATE_VOCAB, False
     if getattr(small, "layer_types", None):
