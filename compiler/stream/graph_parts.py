@@ -12,12 +12,11 @@ is not the layer's: every layer's cache has the same length, so it stays in the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import onnx
 
-__all__ = ["Parts", "ancestors", "cut_model", "split_parts", "used_initializers"]
+__all__ = ["Parts", "ancestors", "cut_model", "split_parts"]
 
 
 @dataclass(frozen=True)
@@ -83,11 +82,6 @@ def split_parts(
     suffix = down - up
     prefix = set(range(len(nodes))) - down - layer
     return Parts(sorted(prefix), sorted(layer), sorted(suffix))
-
-
-def used_initializers(graph: onnx.GraphProto, nodes: Iterable[onnx.NodeProto]) -> set[str]:
-    names = {t.name for t in graph.initializer}
-    return {x for node in nodes for x in node.input if x in names}
 
 
 def cut_model(

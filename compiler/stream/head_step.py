@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from smoothrot.compiler.calibrate.statistics import Accumulator
 from smoothrot.compiler.measure.perplexity import window_nll
 from smoothrot.compiler.modeldir.model_dir import save_model
-from smoothrot.compiler.stream.runner import SegmentRunner
+from smoothrot.compiler.stream.runner import SegmentRunner, collect_statistics
 from smoothrot.compiler.stream.segments import residual_names
 from smoothrot.core.manifest import ModelDims
 from smoothrot.core.pass_infra import Pipeline
@@ -55,9 +54,11 @@ def transform_head(
     return HeadFiles(h, fp, path, path), {s.name: s.details for s in result.steps}
 
 
-def start_streams(directory: Path, h: str, dims: ModelDims, ids: np.ndarray) -> np.ndarray:
-    """The residual stream entering the first layer for token ids ``[n, seq]``."""
-    return SegmentRunner(directory, None, [h], dims).stream(ids, None, h)
+def start_streams(directory: Path, h: str, dims: ModelDims, *ids: np.ndarray) -> list[np.ndarray]:
+    """The residual stream entering the first layer for each array of token ids ``[n, seq]``
+    (one session over the head for all of them)."""
+    runner = SegmentRunner(directory, None, [h], dims)
+    return [runner.stream(part, None, h) for part in ids]
 
 
 def quantize_head(
@@ -68,13 +69,8 @@ def quantize_head(
     assert lm_head is not None and lm_head.input.name is not None
     x_name = lm_head.input.name
     runner = SegmentRunner(files.float, files.h, [x_name], dims)
-    acc: dict[str, Accumulator] = {}
-
-    def add(_: int, values: dict[str, np.ndarray]) -> None:
-        x = values[x_name]
-        acc.setdefault(x_name, Accumulator(x.shape[-1], True)).add(x)
-
-    runner.stream(cal_ids, cal, x_name, add)
+    _, acc = collect_statistics(runner, [x_name], cal_ids, cal, x_name, True)
+    del runner
 
     h32 = np.asarray(acc[x_name].hessian, np.float32)  # as a calibration directory stores it
 

@@ -25,10 +25,9 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from smoothrot.compiler.calibrate.statistics import Accumulator
 from smoothrot.compiler.modeldir.model_dir import save_model
 from smoothrot.compiler.stream.assemble import SegmentFiles
-from smoothrot.compiler.stream.runner import SegmentRunner
+from smoothrot.compiler.stream.runner import SegmentRunner, collect_statistics
 from smoothrot.compiler.stream.segments import residual_names
 from smoothrot.compiler.stream.streams import Streams
 from smoothrot.core.manifest import ModelDims
@@ -61,32 +60,7 @@ def _inputs(model: ir.Model, dims: ModelDims) -> dict[str, list[str]]:
     return found
 
 
-def _collect(
-    directory: Path,
-    h_in: str,
-    h_out: str,
-    inputs: dict[str, list[str]],
-    dims: ModelDims,
-    ids: np.ndarray,
-    hidden: np.ndarray,
-    hessian: bool,
-) -> tuple[np.ndarray, dict[str, Accumulator]]:
-    """Run a saved segment on a stream: its output stream and the statistics of ``inputs``."""
-    runner = SegmentRunner(directory, h_in, [h_out, *inputs], dims)
-    acc: dict[str, Accumulator] = {}
-
-    def add(_: int, values: dict[str, np.ndarray]) -> None:
-        for name in inputs:
-            x = values[name]
-            if name not in acc:
-                acc[name] = Accumulator(x.shape[-1], hessian)
-            acc[name].add(x)
-
-    out = runner.stream(ids, hidden, h_out, add)
-    return out, acc
-
-
-def _lookup(acc: dict[str, Accumulator], inputs: dict[str, list[str]], field: str):
+def _lookup(acc: dict[str, Any], inputs: dict[str, list[str]], field: str):
     """``fn(Linear) -> array`` over the statistics, in float32 as a calibration directory stores
     them (GPTQ is chaotic: a Hessian rounded otherwise rounds some weights otherwise)."""
     by_weight = {
@@ -97,10 +71,6 @@ def _lookup(acc: dict[str, Accumulator], inputs: dict[str, list[str]], field: st
         return by_weight[lin.name]
 
     return get
-
-
-def _through(directory: Path, h: tuple[str, str], dims, ids, hidden) -> np.ndarray:
-    return SegmentRunner(directory, h[0], [h[1]], dims).stream(ids, hidden, h[1])
 
 
 def run_layer(
@@ -123,10 +93,14 @@ def run_layer(
         fp = scratch / "fp"
         save_model(segment, _fresh(fp))
         inputs = _inputs(segment, dims)
-        streams.cal_u, acc = _collect(fp, *h, inputs, dims, streams.cal_ids, streams.cal_u, False)
+        runner = SegmentRunner(fp, h[0], [h[1], *inputs], dims)
+        streams.cal_u, acc = collect_statistics(
+            runner, list(inputs), streams.cal_ids, streams.cal_u, h[1], False
+        )
         absmax = _lookup(acc, inputs, "absmax")
         if streams.eval_u is not None:
-            streams.eval_u = _through(fp, h, dims, streams.eval_ids, streams.eval_u)
+            streams.eval_u = runner.stream(streams.eval_ids, streams.eval_u, h[1])
+        del runner
         shutil.rmtree(fp)
     seconds["reference"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -140,11 +114,15 @@ def run_layer(
         save_model(segment, _fresh(fl))
         inputs = _inputs(segment, dims)
         source = streams.cal_q if streams.cal_q is not None else streams.cal
-        cal_f, acc = _collect(fl, *h, inputs, dims, streams.cal_ids, source, quantizes)
+        runner = SegmentRunner(fl, h[0], [h[1], *inputs], dims)
+        cal_f, acc = collect_statistics(
+            runner, list(inputs), streams.cal_ids, source, h[1], quantizes
+        )
         if streams.cal_q is None:
             streams.cal = cal_f
         if streams.probe_f is not None:
-            streams.probe_f = _through(fl, h, dims, streams.probe_ids, streams.probe_f)
+            streams.probe_f = runner.stream(streams.probe_ids, streams.probe_f, h[1])
+        del runner  # its copy of the float weights, before GPTQ's working set
         shutil.rmtree(fl)
         seconds["calibrate"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -157,12 +135,13 @@ def run_layer(
         seconds["quantize"] = time.perf_counter() - t
     t = time.perf_counter()
     save_model(segment, _fresh(out))
+    runner = SegmentRunner(out, h[0], [h[1]], dims)
     if not quantizes and streams.probe_f is None:
-        streams.cal = _through(out, h, dims, streams.cal_ids, streams.cal)
+        streams.cal = runner.stream(streams.cal_ids, streams.cal, h[1])
     if streams.cal_q is not None:
-        streams.cal_q = _through(out, h, dims, streams.cal_ids, streams.cal_q)
+        streams.cal_q = runner.stream(streams.cal_ids, streams.cal_q, h[1])
     if streams.eval_q is not None:
-        streams.eval_q = _through(out, h, dims, streams.eval_ids, streams.eval_q)
+        streams.eval_q = runner.stream(streams.eval_ids, streams.eval_q, h[1])
     seconds["result"] = time.perf_counter() - t
     return StepOutcome(SegmentFiles(out, *h), details, seconds)
 

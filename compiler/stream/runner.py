@@ -15,11 +15,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from smoothrot.compiler.calibrate.statistics import Accumulator
 from smoothrot.compiler.runtime.ort_runner import session_options
 from smoothrot.compiler.stream.graph_parts import cut_model
 from smoothrot.core.manifest import MODEL_FILE, ModelDims
 
-__all__ = ["SegmentRunner"]
+__all__ = ["SegmentRunner", "collect_statistics"]
 
 Consumer = Callable[[int, dict[str, np.ndarray]], None]
 
@@ -89,3 +90,25 @@ class SegmentRunner:
             result[i] = out
         assert result is not None
         return result
+
+
+def collect_statistics(
+    runner: SegmentRunner,
+    inputs: list[str],
+    ids: np.ndarray,
+    hidden: np.ndarray,
+    out_name: str,
+    hessian: bool,
+) -> tuple[np.ndarray, dict[str, Accumulator]]:
+    """``runner``'s ``out_name`` stream and the statistics of the values ``inputs`` (among its
+    outputs) over every sequence."""
+    acc: dict[str, Accumulator] = {}
+
+    def add(_: int, values: dict[str, np.ndarray]) -> None:
+        for name in inputs:
+            x = values[name]
+            if name not in acc:
+                acc[name] = Accumulator(x.shape[-1], hessian)
+            acc[name].add(x)
+
+    return runner.stream(ids, hidden, out_name, add), acc

@@ -35,6 +35,7 @@ from smoothrot.compiler.modeldir.outdir import RESUME_JOURNAL
 from smoothrot.compiler.modeldir.sources import ModelSource, SourceKind
 from smoothrot.compiler.modeldir.untrusted import load_tokenizer_safely
 from smoothrot.compiler.pipelines import stream_passes
+from smoothrot.compiler.reports.compile_report import jsonable
 from smoothrot.compiler.stream.assemble import SegmentFiles, assemble, layer_name
 from smoothrot.compiler.stream.checkpoint import open_checkpoint
 from smoothrot.compiler.stream.head_step import (
@@ -180,7 +181,7 @@ def stream_compile(
         ]
         assemble(layers, SegmentFiles(files.result, files.h, files.h), result)
     _manifest(source, dims, template.weights, rows).save(result)
-    details = [e["details"] for e in journal.layers] + [_jsonable(head_details)]
+    details = [e["details"] for e in journal.layers] + [jsonable(head_details)]
     per_step: dict[str, float] = {}
     for entry in journal.layers:
         for name, seconds in entry["seconds"].items():
@@ -190,20 +191,21 @@ def stream_compile(
 
 
 def _start(files, hd, ids: dict[str, np.ndarray], config: CompileConfig) -> Streams:
-    cal = start_streams(files.float, files.h, hd, ids["cal"])
+    lossy_eval = config.evaluate and config.recipe.spec.weights
+    wanted = [ids["cal"]] + ([ids["eval"]] if config.evaluate else [])
+    probe = [ids["probe"]] if lossy_eval else []
+    cal, *rest = start_streams(files.float, files.h, hd, *wanted, *probe)
     streams = Streams(ids["cal"], cal)
     if config.sequential:
         streams.cal_q = cal.copy()
+    if config.evaluate:
+        streams.eval_ids, streams.probe_ids = ids["eval"], ids["probe"]
+        streams.eval_q = rest[0]
+        streams.probe_f = rest[1] if lossy_eval else None
     if config.transform_used.smooths or config.evaluate:
         assert files.fp is not None
-        streams.cal_u = start_streams(files.fp, files.h, hd, ids["cal"])
-    if config.evaluate:
-        assert files.fp is not None
-        streams.eval_ids, streams.probe_ids = ids["eval"], ids["probe"]
-        streams.eval_u = start_streams(files.fp, files.h, hd, ids["eval"])
-        streams.eval_q = start_streams(files.float, files.h, hd, ids["eval"])
-        if config.recipe.spec.weights:
-            streams.probe_f = start_streams(files.float, files.h, hd, ids["probe"])
+        streams.cal_u, *fp_rest = start_streams(files.fp, files.h, hd, *wanted)
+        streams.eval_u = fp_rest[0] if config.evaluate else None
     return streams
 
 
@@ -225,16 +227,10 @@ def _evaluate(files, hd, streams: Streams, lossy: bool) -> dict[str, Any]:
 
 def _layer_details(details: dict[str, dict[str, Any]], k: int) -> dict[str, Any]:
     """A layer's pass details as JSON, its weight names those of layer ``k`` of the model."""
-    out = _jsonable(details)
+    out = jsonable(details)
     for entry in out.get("quantize_weights", {}).get("layers", []):
         entry["weight"] = layer_name(entry["weight"], k)
     return out
-
-
-def _jsonable(value: Any) -> Any:
-    from smoothrot.compiler.reports.compile_report import jsonable
-
-    return jsonable(value)
 
 
 def _manifest(source: ModelSource, dims, layer0: dict[str, str], rows) -> Manifest:

@@ -14,7 +14,6 @@ embedding and lm_head only): a template whose integer constants hold it is refus
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,13 +42,12 @@ def layer_param(name: str, index: int) -> str:
 class Template:
     """``proto``: the depth-1 graph (layer parameters without data); ``params``: initializer →
     (parameter name, transposed); ``weights``: module → MatMul weight initializer (layer 0,
-    embedding-free); ``dims``: the real model's dimensions; ``trace_seconds``."""
+    embedding-free); ``dims``: the real model's dimensions."""
 
     proto: onnx.ModelProto
     params: dict[str, tuple[str, bool]]
     weights: dict[str, str]
     dims: ModelDims
-    trace_seconds: float
 
     @property
     def segment_dims(self) -> ModelDims:
@@ -118,7 +116,6 @@ def trace_template(config: Any, opset: int) -> Template:
     small.num_hidden_layers, small.vocab_size, small.tie_word_embeddings = 1, TEMPLATE_VOCAB, False
     if getattr(small, "layer_types", None):
         small.layer_types = small.layer_types[:1]
-    t0 = time.perf_counter()
     torch.manual_seed(0)
     with quiet_transformers():
         hf_model = AutoModelForCausalLM.from_config(small, dtype=torch.float32).eval()
@@ -135,4 +132,4 @@ def trace_template(config: Any, opset: int) -> Template:
         if tensor.name in layer:  # each segment brings its own layer's data
             tensor.ClearField("raw_data")
             tensor.ClearField("float_data")
-    return Template(proto, params, weights, dims, time.perf_counter() - t0)
+    return Template(proto, params, weights, dims)
