@@ -16,11 +16,20 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["MAX_HADAMARD_FACTOR", "RotationFactors", "hadamard", "rotation_factors"]
+__all__ = [
+    "FACTORED_MIN",
+    "MAX_HADAMARD_FACTOR",
+    "RotationFactors",
+    "hadamard",
+    "rotation_factors",
+]
 
 # A non-power-of-two Hadamard factor larger than this would make the online rotation cost
 # approach a dense n×n MatMul; past it we use a random orthogonal factor of the odd part.
 MAX_HADAMARD_FACTOR = 256
+# From this size on, weights are rotated through the factors (``n·(m + p)`` multiply-adds per
+# column, not ``n²``); smaller rotations keep the dense product (and its exact bits).
+FACTORED_MIN = 2048
 
 
 def _is_prime(q: int) -> bool:
@@ -81,6 +90,23 @@ class RotationFactors:
     @property
     def dense(self) -> np.ndarray:
         return np.kron(self.a, self.b)
+
+    def transpose_times(self, w: np.ndarray) -> np.ndarray:
+        """``Rᵀ @ w`` in float64 for ``w [n]`` or ``[n, N]``, through the factors: ``(Aᵀ ⊗ Bᵀ)
+        w`` is ``Aᵀ`` across the ``m`` blocks of ``p`` rows after ``Bᵀ`` inside each block."""
+        w = np.asarray(w, np.float64)
+        m, p = self.a.shape[0], self.b.shape[0]
+        cols = w.reshape(m * p, -1).shape[1]
+        t = np.matmul(self.b.T, w.reshape(m, p, cols))
+        return (self.a.T @ t.reshape(m, p * cols)).reshape(w.shape)
+
+    def times(self, w: np.ndarray) -> np.ndarray:
+        """``w @ R`` in float64 for ``w [..., n]``, through the factors (rows independent)."""
+        w = np.asarray(w, np.float64)
+        m, p = self.a.shape[0], self.b.shape[0]
+        rows = w.reshape(-1, m, p) @ self.b  # B inside each block of p
+        out = np.matmul(self.a.T, rows)  # Aᵀ across the m blocks
+        return out.reshape(w.shape)
 
 
 def rotation_factors(n: int, seed: int = 0) -> RotationFactors:

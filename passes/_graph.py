@@ -113,6 +113,7 @@ def _inserted(node: ir.Node) -> bool:
 
 
 CHUNK_BYTES = 512 * 2**20  # float64 working size above which a separable transform is chunked
+SLICE_BYTES = 64 * 2**20  # and the float64 size of each slice it is then transformed in
 
 
 def transform_constant(node: ir.Node, value: ir.Value, fn, axis: int | None = None) -> None:
@@ -126,7 +127,7 @@ def transform_constant(node: ir.Node, value: ir.Value, fn, axis: int | None = No
         set_constant(own, fn(data.astype(np.float64)))
         return
     out = data if data.flags.writeable else np.empty_like(data)  # in place: fn is separable
-    step = max(1, CHUNK_BYTES // (8 * (data.size // data.shape[axis])))
+    step = max(1, SLICE_BYTES // (8 * (data.size // data.shape[axis])))
     for start in range(0, data.shape[axis], step):
         part = [slice(None)] * data.ndim
         part[axis] = slice(start, start + step)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from smoothrot.core.hadamard import rotation_factors
+from smoothrot.core.hadamard import FACTORED_MIN, rotation_factors
 from smoothrot.core.manifest import ModelDims
 from smoothrot.core.pass_infra import PassReport
 from smoothrot.passes._conditions import require_float_weights
@@ -52,10 +52,17 @@ def _rotate_input(graph: ir.Graph, linears: list[Linear], tag: str, seed: int) -
         )
     r4.outputs[0].name = f"{tag}.rotated"
     graph.insert_before(linears[0].node, [r1, r2, r3, r4])
-    rt = f.dense.T.astype(np.float64)
+    if n >= FACTORED_MIN:
+        rotate = f.transpose_times
+    else:
+        rt = f.dense.T.astype(np.float64)
+
+        def rotate(w: np.ndarray) -> np.ndarray:
+            return rt @ w
+
     for lin in linears:
         lin.node.replace_input_with(0, r4.outputs[0])
-        lin.transform_weight(lambda w: rt @ w)
+        lin.transform_weight(rotate, axis=1)
     return True
 
 

@@ -14,6 +14,7 @@ map and the model map still find every Linear. Already-quantized Linears are lef
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,7 +37,7 @@ from smoothrot.core.manifest import ModelDims
 from smoothrot.core.pass_infra import PassReport
 from smoothrot.passes._conditions import ensure_blocked_int4, require_not_lowered
 from smoothrot.passes._graph import constant_array, drop_dead_initializers, new_initializer
-from smoothrot.passes.gptq import gptq, inverse_cholesky
+from smoothrot.passes.gptq import damping, gptq_with_error, inverse_cholesky, undamped_error
 from smoothrot.passes.model_map import Linear, build_model_map
 
 __all__ = [
@@ -54,6 +55,8 @@ QUANT_MARK = "smoothrot.weight_quant"
 # a 1B+ model, none of SmolLM2's) evaluates its errors and runs GPTQ in float32 GEMMs with the
 # fast inverse-Hessian factor; smaller ones keep the float64 reference path.
 FAST_WORK = 4e9
+# The clip search of a fast Linear measures errors inside runs of this many input channels.
+LOCAL_BLOCK = 256
 
 
 class GroupingMode(enum.Enum):
@@ -140,16 +143,23 @@ def quantize_layer(
     grouping: Grouping,
     config: WeightQuantConfig,
     factor: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
+    fast: bool = False,
 ) -> tuple[QuantizedWeight, float]:
     """One grouping of one layer: fitted group, searched clip, RTN or GPTQ → (weight, error).
-    ``factor()`` gives GPTQ's inverse-Hessian factor when the caller caches it."""
+    ``factor()`` gives GPTQ's inverse-Hessian factor when the caller caches it. ``fast`` (a
+    large Linear): the clip search measures errors on ``H``'s diagonal blocks and GPTQ's error
+    is its own running sum, so one Linear costs about one ``K²N`` GEMM per grouping, not 9."""
     k, n = b.shape
     block = fit_group_size(k if grouping is Grouping.PER_OC else n, config.group_size)
-    clip = search_clip(b, hessian, grouping, block, config.clip_grid)
+    local = math.gcd(k, LOCAL_BLOCK) if fast else 0
+    clip = search_clip(b, hessian, grouping, block, config.clip_grid, local * (local >= 64))
     if config.algorithm is Algorithm.GPTQ:
         if hessian is None:
             raise SmoothrotError("GPTQ needs calibration Hessians")
-        qw = gptq(b, hessian, grouping, block, clip, config.damp, factor() if factor else None)
+        fac = factor() if factor else None
+        qw, damped = gptq_with_error(b, hessian, grouping, block, clip, config.damp, fac)
+        if fast:
+            return qw, undamped_error(qw, b, damped, *damping(hessian, config.damp))
     else:
         qw = quantize_rtn(b, grouping, block, clip)
     error = float(output_error(qw.dequantize() - np.asarray(b, np.float64), hessian).sum())
@@ -239,7 +249,7 @@ class WeightQuantPass(ir.passes.InPlacePass):
             tried = {}
             for grouping in self.config.grouping.candidates:
                 try:
-                    tried[grouping] = quantize_layer(b, h, grouping, self.config, factor)
+                    tried[grouping] = quantize_layer(b, h, grouping, self.config, factor, fast)
                 except ValueError as exc:
                     raise SmoothrotError(f"{lin.name} {list(b.shape)}: {exc}") from exc
             best = min(tried, key=lambda g: tried[g][1])

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from smoothrot.core.hadamard import rotation_factors
+from smoothrot.core.hadamard import FACTORED_MIN, rotation_factors
 from smoothrot.core.manifest import ModelDims
 from smoothrot.core.pass_infra import PassPreconditionError, PassReport
 from smoothrot.passes._conditions import require_float_weights
@@ -58,15 +58,26 @@ class ResidualRotationPass(ir.passes.InPlacePass):
         mm = build_model_map(model, self.dims).require(fp_weights=True)
         if mm.embedding is None or mm.lm_head is None:
             raise ModelMapError("residual rotation needs the embedding Gather and lm_head")
-        q = rotation_factors(self.dims.hidden, self.seed).dense
-        transform_constant(mm.embedding, mm.embedding.inputs[0], lambda e: e @ q, axis=0)
+        f = rotation_factors(self.dims.hidden, self.seed)
+        if self.dims.hidden >= FACTORED_MIN:
+            times, transpose_times = f.times, f.transpose_times
+        else:  # the dense products (a small model's reference bits)
+            q = f.dense
+
+            def times(w: np.ndarray) -> np.ndarray:
+                return w @ q
+
+            def transpose_times(w: np.ndarray) -> np.ndarray:
+                return q.T @ w
+
+        transform_constant(mm.embedding, mm.embedding.inputs[0], times, axis=0)
         for _, readers in mm.norm_consumers():
             for lin in readers:
-                lin.transform_weight(lambda w: q.T @ w, axis=1)
+                lin.transform_weight(transpose_times, axis=1)
         for layer in mm.layers:
             for writer in (layer.o, layer.down):
-                writer.transform_weight(lambda w: w @ q, axis=0)
-                writer.transform_bias(lambda b: b @ q)
+                writer.transform_weight(times, axis=0)
+                writer.transform_bias(times)
             if self.per_head:
                 self._rotate_heads(layer.v, layer.o)
         model.metadata_props[_MARK] = "r1+r2" if self.per_head else "r1"

@@ -84,9 +84,12 @@ class Checkpoint:
         self.where, self._close = where, close
         self.tied = LM_HEAD not in shapes
 
+    def stored_name(self, name: str) -> str:
+        """The tensor that holds ``name`` (a tied lm_head is the embedding)."""
+        return EMBEDDING if name == LM_HEAD and self.tied else name
+
     def get(self, name: str) -> np.ndarray:
-        if name == LM_HEAD and self.tied:
-            name = EMBEDDING
+        name = self.stored_name(name)
         if name not in self.shapes:
             raise SmoothrotError(f"{self.where}: no tensor {name}")
         return self._read(name)
@@ -138,19 +141,32 @@ def _header(path: Path) -> dict[str, dict[str, Any]]:
     return header
 
 
+_READ_CHUNK = 1 << 24  # elements read and converted at once (64 MB of fp32)
+
+
 def _read_tensor(path: Path, data_start: int, entry: dict[str, Any]) -> np.ndarray:
-    """One tensor read with ``pread`` into fresh memory (no memory map: pages of a map stay
-    resident and would make the process grow by every layer it has read)."""
+    """One tensor read into fresh fp32 memory a chunk at a time (no memory map: pages of a map
+    stay resident and would make the process grow by every layer it has read; no whole bf16
+    copy beside the fp32 result)."""
     begin, end = entry["data_offsets"]
     count = int(np.prod(entry["shape"], dtype=np.int64))
     dtype = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32}[entry["dtype"]]
-    raw = np.fromfile(path, dtype=dtype, count=count, offset=data_start + begin)
-    if raw.nbytes != end - begin:
-        raise SmoothrotError(f"{path}: tensor data is truncated")
-    if entry["dtype"] == "BF16":  # bf16 is the upper half of an fp32
-        out = (raw.astype(np.uint32) << 16).view(np.float32)
-    else:
-        out = raw.astype(np.float32, copy=False)
+    if count * np.dtype(dtype).itemsize != end - begin:
+        raise SmoothrotError(f"{path}: tensor data size does not match its shape")
+    out = np.empty(count, np.float32)
+    with path.open("rb") as f:
+        f.seek(data_start + begin)
+        for start in range(0, count, _READ_CHUNK):
+            n = min(_READ_CHUNK, count - start)
+            raw = np.fromfile(f, dtype=dtype, count=n)
+            if raw.size != n:
+                raise SmoothrotError(f"{path}: tensor data is truncated")
+            if entry["dtype"] == "BF16":  # bf16 is the upper half of an fp32
+                bits = out[start : start + n].view(np.uint32)
+                bits[:] = raw
+                bits <<= 16
+            else:
+                out[start : start + n] = raw
     return out.reshape(entry["shape"])
 
 

@@ -32,13 +32,26 @@ __all__ = ["head_dims", "head_model", "layer_segment", "residual_names", "set_vo
 
 
 def _fill(model: ir.Model, template: Template, checkpoint: Checkpoint, wanted: set[str], k: int):
-    for name in wanted:
-        value = model.graph.initializers[name]
+    """Set the ``wanted`` initializers from the checkpoint. A tensor two initializers use (a
+    tied lm_head) is read once; one of its untransposed uses takes it, the others get copies
+    (passes transform initializers in place)."""
+    uses: dict[str, list[tuple[str, bool]]] = {}
+    for name in sorted(wanted):
         param, transposed = template.params[name]
-        array = checkpoint.get(layer_param(param, k))
-        array = np.ascontiguousarray(array.T if transposed else array, np.float32)
-        value.const_value = ir.tensor(array, name=name)
-        value.shape = ir.Shape(array.shape)
+        stored = checkpoint.stored_name(layer_param(param, k))
+        uses.setdefault(stored, []).append((name, transposed))
+    for stored, names in uses.items():
+        original = checkpoint.get(stored)
+        names.sort(key=lambda use: use[1])  # the untransposed uses first
+        for i, (name, transposed) in enumerate(names):
+            source = original.T if transposed else original
+            if i == 0:
+                array = np.ascontiguousarray(source, np.float32)
+            else:
+                array = np.array(source, np.float32, order="C")
+            value = model.graph.initializers[name]
+            value.const_value = ir.tensor(array, name=name)
+            value.shape = ir.Shape(array.shape)
 
 
 def layer_segment(template: Template, checkpoint: Checkpoint, k: int) -> ir.Model:

@@ -142,6 +142,7 @@ def stream_compile(
         else:
             journal.layers = []
             streams = _start(files, hd, ids, config)
+            release_freed_memory()  # the head's session
         layer_passes = stream_passes(config, seg_dims, head=False)
         done = len(journal.layers)
         bar = tqdm(total=dims.layers, initial=done, desc="compile layers", unit="layer")

@@ -54,9 +54,6 @@ class ActQdqScale(pattern.PatternBase):
         return result
 
 
-_SCALE = ActQdqScale()
-
-
 class ActQdqPair(pattern.PatternBase):
     """``DequantizeLinear(QuantizeLinear(x, s), s)``, per-token INT8 over rows of ``channels``,
     with ``s`` the :class:`ActQdqScale` of ``x``."""
@@ -87,7 +84,8 @@ class ActQdqPair(pattern.PatternBase):
         producer = scale.producer()
         if (
             producer is None
-            or not (found := match_at(_SCALE, context.model, producer, removable=False))
+            # a fresh pattern: a module-level one's matcher would keep the last graph alive
+            or not (found := match_at(ActQdqScale(), context.model, producer, removable=False))
             or found.bindings["x"] is not x
         ):
             return result.fail(SCALE_MISMATCH, scale)

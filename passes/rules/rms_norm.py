@@ -62,12 +62,7 @@ class DecomposedRmsNorm(pattern.PatternBase):
 
 # The order the model map has always tried: γ first, then x second (the Reciprocal first),
 # then the mean first.
-_ORDERS = [
-    DecomposedRmsNorm(gamma_first, x_first, mean_first)
-    for gamma_first, x_first, mean_first in itertools.product(
-        (True, False), (False, True), (True, False)
-    )
-]
+_ORDERS = list(itertools.product((True, False), (False, True), (True, False)))
 
 
 def match_rms_norm(model: ir.Model, node: ir.Node) -> pattern.MatchResult:
@@ -76,7 +71,10 @@ def match_rms_norm(model: ir.Model, node: ir.Node) -> pattern.MatchResult:
     best = pattern.MatchResult().fail(f"{node.op_type} node {node.name!r} is not a Mul", node)
     if node.op_type != "Mul" or node.domain != "":
         return best
-    for rule in _ORDERS:
+    # Fresh patterns per call: a pattern's matcher keeps the last graph it matched, which
+    # module-level patterns would hold (weights and all) after the model is dropped.
+    for gamma_first, x_first, mean_first in _ORDERS:
+        rule = DecomposedRmsNorm(gamma_first, x_first, mean_first)
         found = match_at(rule, model, node, removable=False)
         if found:
             return found

@@ -71,3 +71,24 @@ def test_unrecognized_graph_is_reported_by_name():
     assert mm.problems and "found 0 RMSNorms, expected 3" in mm.problems[0]
     with pytest.raises(ModelMapError, match="unrecognized model pattern: found 0 RMSNorms"):
         mm.require()
+
+
+def test_no_graph_outlives_its_model(tiny_export):
+    """The model map's patterns (and the activation-QDQ scale pattern) keep nothing: once the
+    model is dropped, its graph is freed (a streamed compile drops multi-GB heads this way)."""
+    import gc
+    import weakref
+
+    from smoothrot.passes.rules.act_qdq import ActQdqPair
+
+    def match_everything() -> weakref.ref:
+        model = ir.load(tiny_export("llama") / "model.onnx")
+        dims = load_manifest(tiny_export("llama")).dims
+        build_model_map(model, dims).require()
+        for node in list(model.graph):
+            ActQdqPair(dims.hidden).match(model, model.graph, node)
+        return weakref.ref(model.graph)
+
+    graph = match_everything()
+    gc.collect()
+    assert graph() is None
