@@ -25,6 +25,7 @@ from smoothrot.core.manifest import ModelDims
 __all__ = [
     "available_bytes",
     "check_fits",
+    "refuse_unless_fits",
     "estimate_bytes",
     "peak_rss_mb",
     "release_freed_memory",
@@ -85,13 +86,20 @@ def estimate_bytes(dims: ModelDims, tied: bool, stream_tokens: int) -> dict[str,
     }
 
 
-def check_fits(dims: ModelDims, tied: bool, stream_tokens: int) -> int:
-    """The estimated peak in bytes; refuses (one line) when it exceeds the available memory."""
-    need = max(estimate_bytes(dims, tied, stream_tokens).values())
+def refuse_unless_fits(need: int, what: str) -> int:
+    """``need`` (bytes); refuses in one line when it exceeds ``MemAvailable``."""
     have = available_bytes()
     if have is not None and need > have:
         raise SmoothrotError(
-            f"this compile needs ~{need / _GB:.1f} GB of memory at its peak (one decoder layer "
-            f"and its Hessians, or the embedding and lm_head), {have / _GB:.1f} GB available"
+            f"{what} needs ~{need / _GB:.1f} GB of memory at its peak, "
+            f"{have / _GB:.1f} GB available"
         )
     return need
+
+
+def check_fits(dims: ModelDims, tied: bool, stream_tokens: int) -> int:
+    """The estimated peak in bytes; refuses (one line) when it exceeds the available memory."""
+    need = max(estimate_bytes(dims, tied, stream_tokens).values())
+    return refuse_unless_fits(
+        need, "this compile (one decoder layer and its Hessians, or the embedding and lm_head)"
+    )

@@ -94,3 +94,13 @@ def test_engine_config_and_backend_errors(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # as on a machine without TensorRT
     with pytest.raises(SmoothrotError, match=r"tensorrt is not importable: .*>= 10\.9"):
         load_trt(TrtBackend.TENSORRT)
+
+
+def test_a_build_that_cannot_fit_is_refused_up_front(tiny_export, tmp_path, monkeypatch):
+    from smoothrot.compiler.stream import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2**20)
+    config = BuildConfig(TrtBackend.TENSORRT_RTX, SMALL_ENGINE, evaluate=False)
+    with pytest.raises(SmoothrotError, match=r"building .* needs ~\d+\.\d GB .* 0\.0 GB available"):
+        build_model(tiny_export("llama"), tmp_path / "trt", config)
+    assert not (tmp_path / "trt").exists()
