@@ -32,7 +32,7 @@ from smoothrot.core.int4 import (
     quantize_rows,
 )
 
-__all__ = ["damping", "gptq", "gptq_with_error", "inverse_cholesky", "undamped_error"]
+__all__ = ["damping", "gptq", "inverse_cholesky", "undamped_error"]
 
 _BLOCK_ROWS = 128
 _SUB_ROWS = 16
@@ -100,21 +100,6 @@ def inverse_cholesky(
     return np.linalg.cholesky(h_inv).T, dead
 
 
-def gptq(
-    b: np.ndarray,
-    hessian: np.ndarray,
-    grouping: Grouping,
-    block: int,
-    clip: np.ndarray | float = 1.0,
-    damp: float = 0.01,
-    factor: tuple[np.ndarray, np.ndarray] | None = None,
-) -> QuantizedWeight:
-    """Quantize ``b`` with GPTQ; ``clip`` is per column (per-OC) or per column group (per-IC).
-    ``factor``: :func:`inverse_cholesky` of ``hessian`` with ``damp``, when the caller already
-    has it (Linears that share an input, both groupings of one Linear)."""
-    return gptq_with_error(b, hessian, grouping, block, clip, damp, factor)[0]
-
-
 def undamped_error(
     qw: QuantizedWeight, b: np.ndarray, damped: np.ndarray, lam: float, dead: np.ndarray
 ) -> float:
@@ -124,7 +109,7 @@ def undamped_error(
     return float(damped.sum()) - lam * float(np.einsum("kn,kn->", delta, delta, dtype=np.float64))
 
 
-def gptq_with_error(
+def gptq(
     b: np.ndarray,
     hessian: np.ndarray,
     grouping: Grouping,
@@ -132,8 +117,13 @@ def gptq_with_error(
     clip: np.ndarray | float = 1.0,
     damp: float = 0.01,
     factor: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[QuantizedWeight, np.ndarray]:
-    """:func:`gptq`, and per output column the error ``‖E_n‖²`` under the damped Hessian."""
+    *,
+    errors: np.ndarray | None = None,
+) -> QuantizedWeight:
+    """Quantize ``b`` with GPTQ; ``clip`` is per column (per-OC) or per column group (per-IC).
+    ``factor``: :func:`inverse_cholesky` of ``hessian`` with ``damp``, when the caller already
+    has it (Linears that share an input, both groupings of one Linear). ``errors`` (float64
+    ``[N]``, if given) receives each output column's error ``‖E_n‖²`` under the damped Hessian."""
     if not 0.0 < damp < 1.0:
         raise ValueError(f"damp must be in (0, 1), got {damp}")
     k_dim, n_dim = b.shape
@@ -143,7 +133,8 @@ def gptq_with_error(
     w[dead, :] = 0.0
     clip64 = np.asarray(clip, np.float64)
     q = np.zeros((k_dim, n_dim), np.int8)
-    damped = np.zeros(n_dim, np.float64)
+    damped = errors if errors is not None else np.zeros(n_dim, np.float64)
+    damped[:] = 0.0
     if grouping is Grouping.PER_OC:
         scale = np.zeros((k_dim // block, n_dim), np.float32)
         if block == k_dim:  # per channel: the scale comes from the whole, original column
@@ -191,4 +182,4 @@ def gptq_with_error(
                 w1[j2:] -= u1[j1:j2, j2:].T @ err1[j1:j2]
         w[i2:] -= u[i1:i2, i2:].T @ err1
         damped += np.einsum("kn,kn->n", err1, err1, dtype=np.float64)
-    return QuantizedWeight(q, scale, grouping, block), damped
+    return QuantizedWeight(q, scale, grouping, block)

@@ -37,7 +37,7 @@ from smoothrot.core.manifest import ModelDims
 from smoothrot.core.pass_infra import PassReport
 from smoothrot.passes._conditions import ensure_blocked_int4, require_not_lowered
 from smoothrot.passes._graph import constant_array, drop_dead_initializers, new_initializer
-from smoothrot.passes.gptq import damping, gptq_with_error, inverse_cholesky, undamped_error
+from smoothrot.passes.gptq import damping, gptq, inverse_cholesky, undamped_error
 from smoothrot.passes.model_map import Linear, build_model_map
 
 __all__ = [
@@ -157,7 +157,8 @@ def quantize_layer(
         if hessian is None:
             raise SmoothrotError("GPTQ needs calibration Hessians")
         fac = factor() if factor else None
-        qw, damped = gptq_with_error(b, hessian, grouping, block, clip, config.damp, fac)
+        damped = np.zeros(n, np.float64)
+        qw = gptq(b, hessian, grouping, block, clip, config.damp, fac, errors=damped)
         if fast:
             return qw, undamped_error(qw, b, damped, *damping(hessian, config.damp))
     else:

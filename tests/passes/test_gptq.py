@@ -11,7 +11,6 @@ from smoothrot.core.int4 import Grouping, output_error, quantize_rtn
 from smoothrot.passes.gptq import (
     damping,
     gptq,
-    gptq_with_error,
     inverse_cholesky,
     undamped_error,
 )
@@ -79,7 +78,8 @@ def test_gptq_running_error_is_the_output_error(grouping, fast):
     h = _hessian(k, 5)
     h[7, :] = h[:, 7] = 0.0
     factor = inverse_cholesky(h, 0.01, fast=fast)
-    qw, damped = gptq_with_error(b, h, grouping, 32, 0.9, 0.01, factor)
+    damped = np.zeros(n)
+    qw = gptq(b, h, grouping, 32, 0.9, 0.01, factor, errors=damped)
     got = undamped_error(qw, b, damped, *damping(h, 0.01))
     want = output_error(qw.dequantize() - b, h.astype(np.float64)).sum()
     assert abs(got - want) < 1e-4 * want, (got, want)
