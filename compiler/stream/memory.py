@@ -26,6 +26,7 @@ __all__ = [
     "available_bytes",
     "check_fits",
     "refuse_unless_fits",
+    "refuse_unless_model_fits",
     "estimate_bytes",
     "peak_rss_mb",
     "release_freed_memory",
@@ -103,3 +104,10 @@ def check_fits(dims: ModelDims, tied: bool, stream_tokens: int) -> int:
     return refuse_unless_fits(
         need, "this compile (one decoder layer and its Hessians, or the embedding and lm_head)"
     )
+
+
+def refuse_unless_model_fits(size: int, copies: int, what: str) -> int:
+    """Refuses (one line) a command that holds ``copies`` of a ``size``-byte model at once,
+    beside ~2 GB of libraries, when that exceeds the available memory."""
+    detail = f"{copies} × its {size / _GB:.1f} GB model, plus libraries"
+    return refuse_unless_fits(copies * size + 2 * _GB, f"{what} ({detail})")

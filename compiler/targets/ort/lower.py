@@ -39,6 +39,7 @@ from smoothrot.compiler.modeldir.outdir import Staging, staged_output
 from smoothrot.compiler.pipelines import lower_pipeline
 from smoothrot.compiler.reports.compile_report import jsonable
 from smoothrot.compiler.reports.lowering_report import lowering_markdown
+from smoothrot.compiler.stream.memory import refuse_unless_model_fits
 from smoothrot.core.errors import SmoothrotError
 from smoothrot.core.manifest import load_manifest
 from smoothrot.core.pass_infra import PipelineResult
@@ -141,9 +142,15 @@ def _report(
     return report
 
 
+# Lowering an 8B-shaped w4a16 model (7.9 GB) was OOM-killed at 24.3 GB: more than three
+# copies of the model are held at once; a model that cannot fit is refused before any work.
+LOWER_COPIES = 3
+
+
 def lower_model(source: Path, out: Path, config: LowerConfig = LowerConfig()) -> dict[str, Any]:
     """Lower the QDQ model directory ``source`` into ``out`` (atomically) and report."""
     with staged_output(out, inputs=[source]) as staging:
+        refuse_unless_model_fits(model_bytes(Path(source)), LOWER_COPIES, f"lowering {source}")
         return lower_into(Path(source), staging, config)
 
 

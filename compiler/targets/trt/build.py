@@ -36,7 +36,7 @@ from smoothrot.compiler.modeldir.model_graph import load_graph
 from smoothrot.compiler.modeldir.outdir import check_output_dir, staged_output
 from smoothrot.compiler.pipelines import build_pipeline
 from smoothrot.compiler.reports.build_report import build_markdown, greedy_agreement
-from smoothrot.compiler.stream.memory import refuse_unless_fits
+from smoothrot.compiler.stream.memory import refuse_unless_model_fits
 from smoothrot.compiler.targets.ort.lower import COMPILE_REPORT_FILES
 from smoothrot.compiler.targets.trt.engine import build_engine, check_engine_header, trtexec_command
 from smoothrot.core.errors import SmoothrotError
@@ -50,10 +50,9 @@ __all__ = ["build_model", "trt_graph"]
 
 
 # The build holds the model about three times at once (the graph in memory, the TensorRT-form
-# copy TensorRT's parser reads, the engine being built) beside the libraries; a model that
-# cannot fit is refused before any work.
+# copy TensorRT's parser reads, the engine being built); a model that cannot fit is refused
+# before any work.
 BUILD_COPIES = 3
-LIBRARY_BYTES = 2 * 2**30
 
 TRTEXEC_NOTE = (
     "The same engine from this directory's model.onnx, for a machine with TensorRT's trtexec "
@@ -137,11 +136,7 @@ def build_model(source: Path, out: Path, config: BuildConfig = BuildConfig()) ->
     """Build ``source`` (a compiled QDQ model directory) into ``out`` (atomically) and report."""
     source, out = Path(source), Path(out)
     check_output_dir(out, inputs=[source])
-    size = model_bytes(source)
-    refuse_unless_fits(
-        BUILD_COPIES * size + LIBRARY_BYTES,
-        f"building {source} ({BUILD_COPIES} × its {size / 2**30:.1f} GB model, plus libraries)",
-    )
+    refuse_unless_model_fits(model_bytes(source), BUILD_COPIES, f"building {source}")
     backend, trt = load_trt(config.backend)
     if config.plugins:
         check_plugin_backend(backend, plugins=True)  # TensorRT-RTX was the importable one
