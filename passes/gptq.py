@@ -133,7 +133,7 @@ def gptq(
     w[dead, :] = 0.0
     clip64 = np.asarray(clip, np.float64)
     q = np.zeros((k_dim, n_dim), np.int8)
-    damped = errors if errors is not None else np.zeros(n_dim, np.float64)
+    damped = errors if errors is not None else np.empty(n_dim, np.float64)
     damped[:] = 0.0
     if grouping is Grouping.PER_OC:
         scale = np.zeros((k_dim // block, n_dim), np.float32)

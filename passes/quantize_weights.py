@@ -152,7 +152,9 @@ def quantize_layer(
     k, n = b.shape
     block = fit_group_size(k if grouping is Grouping.PER_OC else n, config.group_size)
     local = math.gcd(k, LOCAL_BLOCK) if fast else 0
-    clip = search_clip(b, hessian, grouping, block, config.clip_grid, local * (local >= 64))
+    if local < 64:  # K has no run of 64+ channels that tiles it: the full search
+        local = 0
+    clip = search_clip(b, hessian, grouping, block, config.clip_grid, local)
     if config.algorithm is Algorithm.GPTQ:
         if hessian is None:
             raise SmoothrotError("GPTQ needs calibration Hessians")

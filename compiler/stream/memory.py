@@ -25,10 +25,10 @@ from smoothrot.core.manifest import ModelDims
 __all__ = [
     "available_bytes",
     "check_fits",
-    "refuse_unless_fits",
-    "refuse_unless_model_fits",
     "estimate_bytes",
     "peak_rss_mb",
+    "refuse_unless_fits",
+    "refuse_unless_model_fits",
     "release_freed_memory",
     "reset_peak_rss",
 ]
