@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from dataclasses import replace
@@ -24,15 +25,16 @@ from typing import Any
 import onnx_ir as ir
 
 from smoothrot.compiler.calibrate.store import statistics_store
-from smoothrot.compiler.config import CompileConfig, ExportConfig, Target
+from smoothrot.compiler.config import CompileConfig, ExportConfig, StreamMode, Target
 from smoothrot.compiler.export.exporter import export_model
 from smoothrot.compiler.modeldir.model_dir import save_model, write_model_dir
 from smoothrot.compiler.modeldir.model_graph import load_graph
 from smoothrot.compiler.modeldir.outdir import staged_output
 from smoothrot.compiler.modeldir.sources import resolve_source
 from smoothrot.compiler.pipelines import compile_pipeline
-from smoothrot.compiler.reports.compile_report import write_report
+from smoothrot.compiler.reports.compile_report import transform_notes, write_report
 from smoothrot.compiler.reports.tune_report import write_tune_report
+from smoothrot.compiler.stream.checkpoint import why_not_streamed
 from smoothrot.compiler.stream.stream_compile import stream_compile
 from smoothrot.compiler.targets.ort.lower import lower_into
 from smoothrot.core.errors import SmoothrotError
@@ -40,6 +42,8 @@ from smoothrot.core.manifest import load_manifest
 from smoothrot.passes.quantize_weights import check_group_sizes
 
 __all__ = ["compile_model"]
+
+log = logging.getLogger("smoothrot.compile")
 
 
 def compile_model(
@@ -55,9 +59,17 @@ def compile_model(
     kept and reused by later compiles of the same input and transform (benchmarks). A streamed
     compile (``config.streams``) that is killed keeps its finished layers; ``resume`` goes on
     from them."""
-    inputs = [onnx_dir] if onnx_dir is not None else [Path(model)] if model else []
-    if config.streams(from_model=onnx_dir is None):
-        source = resolve_source(model)
+    source = resolve_source(model) if onnx_dir is None else None
+    inputs = [onnx_dir] if onnx_dir is not None else [source.path] if source else []
+    streams = config.streams(from_model=source is not None)
+    if source is not None and streams and (why := why_not_streamed(source.architecture)):
+        if config.stream is StreamMode.ON or config.sequential:
+            flag = "--stream on" if config.stream is StreamMode.ON else "--calibration sequential"
+            raise SmoothrotError(f"{flag}: {why}")
+        log.info("compiling the whole graph: %s", why)
+        streams = False
+    if streams:
+        assert source is not None
         with staged_output(Path(out), inputs=inputs, resumable=True, resume=resume) as staging:
             qdq = staging.out if config.target is Target.QDQ else staging.work / "qdq"
             qdq.mkdir(exist_ok=True)
@@ -75,7 +87,8 @@ def compile_model(
             onnx_dir = work / "export"
             start = time.perf_counter()
             export = ExportConfig(allow_pickle=config.allow_pickle)
-            export_model(resolve_source(model), onnx_dir, export)
+            assert source is not None
+            export_model(source, onnx_dir, export)
             rows.append({"stage": "export", "seconds": round(time.perf_counter() - start, 2)})
         manifest = load_manifest(onnx_dir)
         if config.recipe.spec.weights:  # refuse a group size that fits no layer, before work
@@ -99,7 +112,8 @@ def compile_model(
         layers = result.details("quantize_weights").get("layers", [])
         tuning = result.details("tune").get("tuning")
         tune_summary = write_tune_report(qdq, tuning) if tuning is not None else None
-        report = write_report(qdq, onnx_dir, config, rows, layers, tune_summary)
+        notes = transform_notes(result)
+        report = write_report(qdq, onnx_dir, config, rows, layers, tune_summary, notes)
         if config.target is Target.ORT:
             lowering = replace(config.lowering, evaluate=config.evaluate)
             report["lowering"] = lower_into(qdq, staging, lowering)

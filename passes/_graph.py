@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 import numpy as np
@@ -20,6 +21,7 @@ __all__ = [
     "new_initializer",
     "private_constant",
     "producer_op",
+    "read_constant",
     "remove_if_dead",
     "scalar_constant",
     "set_constant",
@@ -35,6 +37,19 @@ def is_constant(value: ir.Value | None) -> bool:
 def constant_array(value: ir.Value) -> np.ndarray:
     assert value.const_value is not None, f"{value.name} is not a constant"
     return value.const_value.numpy()
+
+
+def read_constant(value: ir.Value, dtype: np.dtype | type) -> np.ndarray:
+    """A copy of the constant ``value`` as ``dtype``. An external tensor's cached read (for
+    INT4, unpacked to one byte per value) is dropped, so that a pass walking every weight of a
+    large model holds one weight at a time, not the whole model."""
+    tensor = value.const_value
+    assert tensor is not None, f"{value.name} is not a constant"
+    array = tensor.numpy().astype(dtype)  # astype copies: never a view of a memory map
+    if isinstance(tensor, ir.ExternalTensor):
+        with contextlib.suppress(BufferError):  # a reader still holds a view: the map stays
+            tensor.release()
+    return array
 
 
 def set_constant(value: ir.Value, array: np.ndarray) -> None:

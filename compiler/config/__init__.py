@@ -25,6 +25,7 @@ from smoothrot.compiler.config.common import (
     cli,
 )
 from smoothrot.compiler.config.compile import (
+    Calibration,
     CompileConfig,
     StreamMode,
     Target,
@@ -50,6 +51,7 @@ __all__ = [
     "Backend",
     "BenchConfig",
     "BuildConfig",
+    "Calibration",
     "CalibrationConfig",
     "CompileConfig",
     "DEFAULT_ACCURACY_LEVEL",

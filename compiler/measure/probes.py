@@ -63,12 +63,14 @@ def logits_probe(
 
 
 def compare_logits(ref: np.ndarray, ours: np.ndarray, decode_steps: int = 0) -> dict[str, Any]:
-    """max |Δ|, SNR (dB) and top-1 agreement of two ``[tokens, V]`` logits arrays."""
+    """max |Δ| (beside the reference's max |logit|), SNR (dB) and top-1 agreement of two
+    ``[tokens, V]`` logits arrays."""
     noise = float(np.linalg.norm(ours - ref))
     snr = 20 * np.log10(np.linalg.norm(ref) / noise) if noise > 0 else float("inf")
     return {
         "tokens": int(ref.shape[0]),
         "max_abs_logit_diff": float(np.abs(ours - ref).max()),
+        "max_abs_logit": float(np.abs(ref).max()),
         "logit_snr_db": float(snr),
         "top1_agreement": float(np.mean(ours.argmax(-1) == ref.argmax(-1))),
         "decode_steps": decode_steps,

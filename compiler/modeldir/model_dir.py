@@ -15,20 +15,23 @@ from typing import Any
 
 import onnx_ir as ir
 
-from smoothrot.compiler.modeldir.untrusted import TOKENIZER_FILES, read_json
+from smoothrot.compiler.modeldir.untrusted import LICENSE_FILES, TOKENIZER_FILES, read_json
 from smoothrot.core.manifest import MODEL_FILE, Manifest
 from smoothrot.core.pass_infra import PassReport
 
 __all__ = [
     "COPIED_FILES",
     "SaveModelDirPass",
+    "copy_licenses",
     "copy_tokenizer_files",
     "save_model",
     "save_tokenizer",
     "write_model_dir",
+    "write_model_files",
 ]
 
-COPIED_FILES = TOKENIZER_FILES  # data only: no *.py, no library, nothing else of a source
+# data only: no *.py, no library, nothing else of a source
+COPIED_FILES = TOKENIZER_FILES + LICENSE_FILES
 
 
 def save_model(model: ir.Model, directory: Path) -> None:
@@ -49,6 +52,13 @@ def copy_tokenizer_files(source: Path, out: Path) -> None:
             config.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
+def copy_licenses(licenses: tuple[Path, ...], out: Path) -> None:
+    """A source's terms-of-use files (names in :data:`LICENSE_FILES`) into ``out``."""
+    for path in licenses:
+        if path.name in LICENSE_FILES and path.is_file():
+            shutil.copy(path, out / path.name)
+
+
 def save_tokenizer(tokenizer: Any, out: Path) -> None:
     """``tokenizer.save_pretrained`` into ``out``, keeping only :data:`COPIED_FILES` (whatever
     else it would write, such as a custom tokenizer's Python file, never reaches ``out``)."""
@@ -63,6 +73,14 @@ def write_model_dir(
     """A complete model directory: the graph (+ external data), ``source``'s tokenizer files and
     its manifest with ``stages`` appended."""
     save_model(graph, out)
+    write_model_files(source, manifest, out, stages)
+
+
+def write_model_files(
+    source: Path, manifest: Manifest, out: Path, stages: list[dict[str, Any]]
+) -> None:
+    """What a model directory holds beside its graph: ``source``'s tokenizer files and its
+    manifest with ``stages`` appended."""
     copy_tokenizer_files(source, out)
     replace(manifest, stages=manifest.stages + stages).save(out)
 

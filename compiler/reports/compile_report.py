@@ -20,7 +20,7 @@ import numpy as np
 from smoothrot.compiler.measure.probes import logits_probe, model_bytes, perplexity_pair
 from smoothrot.core.int4 import Grouping
 
-__all__ = ["finish_report", "jsonable", "report_head", "write_report"]
+__all__ = ["finish_report", "jsonable", "report_head", "transform_notes", "write_report"]
 
 
 def jsonable(value: Any) -> Any:
@@ -45,10 +45,14 @@ def write_report(
     stages: list[dict[str, Any]],
     layers: list[Any],
     tune: dict[str, Any] | None = None,
+    notes: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Measure ``result`` against ``source`` and write report.json/.md (+ plot) into ``result``."""
+    """Measure ``result`` against ``source`` and write report.json/.md (+ plot) into ``result``;
+    ``notes``: what the transform did otherwise than its name says (:func:`transform_notes`)."""
     recipe = config.recipe
     report = report_head(config, model_bytes(source), model_bytes(result), stages)
+    if notes:
+        report["notes"] = notes
     report["logits"] = logits_probe(source, result)
     if tune is not None:
         report["tune"] = tune
@@ -57,6 +61,18 @@ def write_report(
     elif config.evaluate:
         report["perplexity"] = perplexity_pair(source, result, ("before", "after"))
     return finish_report(result, report, layers)
+
+
+def transform_notes(result: Any) -> list[str]:
+    """Where a pipeline's exact steps did something else than their names say (a
+    ``PipelineResult``): the fused residual rotation blocked by a post-norm."""
+    blocked = result.details("residual_rotation").get("r1_blocked")
+    if not blocked:
+        return []
+    return [
+        f"Fused residual rotation (R1) not applied: {blocked}. Per-head R2 is fused; q/k/v and "
+        "gate/up inputs are rotated online instead."
+    ]
 
 
 def report_head(
@@ -124,6 +140,7 @@ def _markdown(r: dict[str, Any]) -> str:
             f" SNR {lg['logit_snr_db']:.1f} dB, top-1 agreement {lg['top1_agreement']:.1%}.",
             "",
         ]
+    lines += [f"Note: {note}" for note in r.get("notes", [])] + ([""] if r.get("notes") else [])
     if "exact_stage" in r:
         e = r["exact_stage"]
         lines += [

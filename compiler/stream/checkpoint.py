@@ -26,11 +26,36 @@ from smoothrot.compiler.modeldir.sources import ModelSource, SourceKind, load_to
 from smoothrot.compiler.modeldir.untrusted import check_weights, read_json
 from smoothrot.core.errors import SmoothrotError
 
-__all__ = ["Checkpoint", "LM_HEAD", "EMBEDDING", "expected_shapes", "open_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "EMBEDDING",
+    "LM_HEAD",
+    "STREAMED_ARCHITECTURES",
+    "expected_shapes",
+    "open_checkpoint",
+    "why_not_streamed",
+]
+
+# The families whose every decoder layer one traced layer stands for, with its parameters traced
+# as they are stored (the template finds each by content).
+STREAMED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
 
 EMBEDDING, LM_HEAD, FINAL_NORM = "model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"
 _INDEX = "model.safetensors.index.json"
 _BYTES = {"BF16": 2, "F16": 2, "F32": 4}
+
+
+def why_not_streamed(architecture: str) -> str | None:
+    """Why a model of ``architecture`` cannot be compiled layer by layer (None: it can)."""
+    if architecture in STREAMED_ARCHITECTURES:
+        return None
+    if architecture.startswith("gemma3"):
+        return (
+            "streaming Gemma 3 is not implemented: its layers alternate sliding-window and global "
+            "attention with their own RoPE, so one traced layer cannot stand for all, and its "
+            "norms are traced as 1 + γ"
+        )
+    return f"streaming {architecture} is not implemented"
 
 
 def expected_shapes(config: Any) -> dict[str, tuple[int, ...]]:
@@ -56,6 +81,8 @@ def expected_shapes(config: Any) -> dict[str, tuple[int, ...]]:
             p + "mlp.up_proj.weight": (mlp, h),
             p + "mlp.down_proj.weight": (h, mlp),
         }
+        if config.model_type == "qwen3":  # per-head q/k norms
+            shapes |= {p + "self_attn.q_norm.weight": (d,), p + "self_attn.k_norm.weight": (d,)}
         if bias:
             shapes |= {
                 p + "self_attn.q_proj.bias": (heads * d,),

@@ -83,13 +83,16 @@ def quantize_head(
     return HeadFiles(files.h, files.fp, files.float, path), details
 
 
-def head_logits(directory: Path, h: str, dims: ModelDims, hidden: np.ndarray, ids: np.ndarray):
-    """(summed NLL of every window, logits of the first window) from the final streams."""
+def head_logits(
+    directory: Path, h: str, dims: ModelDims, hidden: np.ndarray, ids: np.ndarray, skip: int = 0
+):
+    """(summed NLL of every window, logits of the first window) from the final streams; the
+    first ``skip`` positions of each window (a BOS) are context only."""
     runner = SegmentRunner(directory, h, ["logits"], dims)
     total, first = 0.0, None
     for i in range(ids.shape[0]):
         logits = runner.run(ids[i], hidden[i])["logits"]
-        total += window_nll(logits, ids[i])
+        total += window_nll(logits[skip:], ids[i][skip:])
         if first is None:
             first = logits
     return total, first

@@ -28,9 +28,9 @@ from smoothrot.compiler.config.common import MIN_OPSET
 from smoothrot.compiler.export.exporter import model_dims, tool_versions
 from smoothrot.compiler.export.wrapper import io_names
 from smoothrot.compiler.measure.corpus import CorpusPart, corpus_part
-from smoothrot.compiler.measure.perplexity import windows
+from smoothrot.compiler.measure.perplexity import bos_prefix, windows
 from smoothrot.compiler.measure.probes import compare_logits
-from smoothrot.compiler.modeldir.model_dir import save_tokenizer
+from smoothrot.compiler.modeldir.model_dir import copy_licenses, save_tokenizer
 from smoothrot.compiler.modeldir.outdir import RESUME_JOURNAL
 from smoothrot.compiler.modeldir.sources import ModelSource, SourceKind
 from smoothrot.compiler.modeldir.untrusted import load_tokenizer_safely
@@ -98,7 +98,9 @@ def _token_ids(tokenizer, config: CompileConfig, vocab: int, evaluate: bool):  #
     result = {"cal": cal}
     if evaluate:
         text = corpus_part(CorpusPart.EVALUATION)
-        result["eval"] = windows(tokenizer.encode(text, add_special_tokens=False), EvalConfig())
+        rows = windows(tokenizer.encode(text, add_special_tokens=False), EvalConfig())
+        bos = np.asarray(bos_prefix(tokenizer), np.int64)
+        result["eval"] = np.concatenate([np.tile(bos, (rows.shape[0], 1)), rows], axis=1)
         result["probe"] = np.asarray([tokenizer.encode(text[:4000])[:PROBE_TOKENS]], np.int64)
     top = max(int(a.max()) for a in result.values())
     if top >= vocab:
@@ -126,6 +128,7 @@ def stream_compile(
         stream_tokens = sum(a.size for a in ids.values()) * (3 if config.evaluate else 2)
         estimate = check_fits(dims, ckpt.tied, stream_tokens)
         save_tokenizer(tokenizer, result)
+        copy_licenses(source.licenses, result)
         with stage("trace"):
             template = trace_template(ckpt.config, MIN_OPSET)
         seg_dims, hd = template.segment_dims, head_dims(dims)
@@ -212,9 +215,10 @@ def _start(files, hd, ids: dict[str, np.ndarray], config: CompileConfig) -> Stre
 
 def _evaluate(files, hd, streams: Streams, lossy: bool) -> dict[str, Any]:
     assert streams.eval_ids is not None and files.fp is not None
-    n = streams.eval_ids.shape[0] * (streams.eval_ids.shape[1] - 1)
-    nll_u, ref = head_logits(files.fp, files.h, hd, streams.eval_u, streams.eval_ids)
-    nll_q, ours = head_logits(files.result, files.h, hd, streams.eval_q, streams.eval_ids)
+    skip = streams.eval_ids.shape[1] - EvalConfig().seq  # a BOS before every window
+    n = streams.eval_ids.shape[0] * (EvalConfig().seq - 1)
+    nll_u, ref = head_logits(files.fp, files.h, hd, streams.eval_u, streams.eval_ids, skip)
+    nll_q, ours = head_logits(files.result, files.h, hd, streams.eval_q, streams.eval_ids, skip)
     measures: dict[str, Any] = {
         "perplexity": {"before": float(np.exp(nll_u / n)), "after": float(np.exp(nll_q / n)),
                        "tokens": n, "text": "pydoc_data evaluation part"},

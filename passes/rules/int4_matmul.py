@@ -15,13 +15,14 @@ part of what a match replaces.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from smoothrot.passes._graph import constant_array, is_constant, producer_op
+from smoothrot.passes._graph import is_constant, producer_op, read_constant
 from smoothrot.passes.rules._apply import match_at
 
 __all__ = [
@@ -107,8 +108,8 @@ class Int4MatMul:
         matmul, dq = match.outputs[0].producer(), match.bindings["weight"].producer()
         assert matmul is not None and dq is not None
         axis, group = _blocking(dq)
-        q = constant_array(match.bindings["q"]).astype(np.int8)
-        scale = constant_array(match.bindings["scale"]).astype(np.float32)
+        q = read_constant(match.bindings["q"], np.int8)
+        scale = read_constant(match.bindings["scale"], np.float32)
         return cls(matmul, dq, q, scale, axis, group)
 
     @property
@@ -117,14 +118,14 @@ class Int4MatMul:
         return self.matmul.name or (self.dq.outputs[0].name or "linear")
 
 
-def int4_matmuls(model: ir.Model, skipped: dict[str, str]) -> list[Int4MatMul]:
-    """Every MatMul of our INT4 form, in graph order; each other MatMul that reads an INT4
-    weight is entered in ``skipped`` by name with the reason."""
-    found = []
+def int4_matmuls(model: ir.Model, skipped: dict[str, str]) -> Iterator[Int4MatMul]:
+    """Every MatMul of our INT4 form, in graph order, read one at a time as the caller takes
+    it (a lowering that rewrites each before taking the next holds one weight, not the
+    model's); each other MatMul that reads an INT4 weight is entered in ``skipped`` by name
+    with the reason as it is reached."""
     for node in [n for n in model.graph if reads_int4_weight(n)]:
         match = match_int4_matmul(model, node)
         if match:
-            found.append(Int4MatMul.of(match))
+            yield Int4MatMul.of(match)
         else:
             skipped[node.name or "?"] = match.reason
-    return found

@@ -57,7 +57,7 @@ def test_defaults_and_nested_defaults_come_back():
     ("data", "message"),
     [
         ({"recipe": "w4a16", "groupsize": 64}, "unknown field 'groupsize'"),
-        ({"recipe": "w4a16", "version": 2}, "config version 2 is not 1"),
+        ({"recipe": "w4a16", "version": 99}, "config version 99 is not 2"),
         ({"recipe": "w5a16"}, "CompileConfig.recipe: 'w5a16' is not one of"),
         ({"recipe": "w4a16", "alpha": "0.5"}, "CompileConfig.alpha: expected float"),
         ({"recipe": "w4a16", "weights": {"group_size": 64.0}}, "weights.group_size"),

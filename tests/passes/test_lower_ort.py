@@ -1,5 +1,8 @@
 """ORT lowering: MatMulNBits packing, per-OC / per-IC rewrites exact at level 0, norms as Div."""
 
+import tracemalloc
+
+import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
@@ -151,3 +154,49 @@ def test_norm_div_rewrite_keeps_logits(tiny_export, tmp_path):
     ref, _ = OrtDecoder(src).forward(IDS)
     got, _ = OrtDecoder(save_copy(model, src, tmp_path / "div")).forward(IDS)
     assert np.abs(got - ref).max() < 1e-4 * np.abs(ref).max()
+
+
+def _int4_chain(path, layers: int, k: int, group: int) -> None:
+    """``layers`` chained ``MatMul(h, DequantizeLinear(q, s))`` of ``k x k`` INT4 weights,
+    saved with external data (as a compiled model is)."""
+    rng = np.random.default_rng(0)
+    x = ir.Value(name="x", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape([1, k]))
+    nodes, initializers, h = [], [], x
+    for i in range(layers):
+        q = ir.Value(
+            name=f"q{i}",
+            const_value=ir.tensor(rng.integers(-8, 8, (k, k)).astype(ml_dtypes.int4), name=f"q{i}"),
+        )
+        s = ir.Value(
+            name=f"s{i}",
+            const_value=ir.tensor(rng.random((k // group, k), np.float32), name=f"s{i}"),
+        )
+        dq = ir.node(
+            "DequantizeLinear", [q, s], attributes={"axis": 0, "block_size": group}, name=f"dq{i}"
+        )
+        mm = ir.node("MatMul", [h, dq.outputs[0]], name=f"mm{i}")
+        dq.outputs[0].name, mm.outputs[0].name = f"w{i}", f"h{i}"
+        nodes += [dq, mm]
+        initializers += [q, s]
+        h = mm.outputs[0]
+    h.type, h.shape = ir.TensorType(ir.DataType.FLOAT), ir.Shape([1, k])
+    graph = ir.Graph([x], [h], nodes=nodes, initializers=initializers, opset_imports={"": 21})
+    ir.save(ir.Model(graph, ir_version=10), path, external_data=f"{path.name}.data")
+
+
+def test_lowering_holds_one_source_weight_at_a_time(tmp_path):
+    """A model's INT4 weights are read lazily from disk: the lowering holds its packed output
+    and one layer's reads, never every layer's unpacked weights (one byte per value, twice:
+    what lowering an 8B model used to hold until it was OOM-killed)."""
+    k, layers = 1024, 16
+    _int4_chain(tmp_path / "m.onnx", layers, k, 128)
+    model = ir.load(str(tmp_path / "m.onnx"))
+    tracemalloc.start()
+    try:
+        LowerToMatMulNBitsPass()(model)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    written = sum(v.const_value.nbytes for v in model.graph.initializers.values())
+    assert written >= layers * k * k // 2  # the packed weights, all held: they are the output
+    assert peak - written < 8 * k * k  # ≈ 5.6 layers' values in flight; all 16 twice: 29

@@ -1,15 +1,17 @@
-"""bench_scale: random checkpoints load as transformers' Llama; the docs page; usage errors."""
+"""bench_scale: random checkpoints load as transformers' Llama; every step on the tiny shape; the
+docs page; refusals told from failures; usage errors."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
-from smoothrot.tools import bench_docs, bench_scale
+from smoothrot.tools import bench_docs, bench_scale, scale_docs
 from smoothrot.tools.random_checkpoint import SHAPES, tensor_shapes, write_random_checkpoint
 
 SHARD = 26 * 10**6  # above the tiny shape's largest tensor (25.2 MB), far below its 55 MB
@@ -90,7 +92,7 @@ def test_too_little_disk_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
 
 
 def _entry(shape: str, wall: float, rss: float, rc: int = 0) -> dict:
-    run = {"argv": [], "rc": rc, "wall_s": wall, "peak_rss_mb": rss, "tail": []}
+    run = {"argv": [], "rc": rc, "wall_s": wall, "peak_rss_mb": rss, "tail": [], "error": ""}
     return {
         "shape": shape,
         "date": "2026-01-01 00:00 UTC",
@@ -112,9 +114,9 @@ def _entry(shape: str, wall: float, rss: float, rc: int = 0) -> dict:
 def test_docs_keep_one_entry_per_shape(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_docs, "_git", lambda *args: None)
     docs = tmp_path / "docs" / "scale.md"
-    bench_scale.write_docs(docs, _entry("1b", 900.0, 3000.0), "cmd")  # 15 min: too slow
-    bench_scale.write_docs(docs, _entry("8b", 3600.0, 20000.0), "cmd")  # 19.5 GiB: too much
-    bench_scale.write_docs(docs, _entry("1b", 600.0, 3000.0), "cmd")  # replaces the first
+    scale_docs.write_docs(docs, _entry("1b", 900.0, 3000.0), "cmd", [])  # 15 min: too slow
+    scale_docs.write_docs(docs, _entry("8b", 3600.0, 20000.0), "cmd", [])  # 19.5 GiB: too much
+    scale_docs.write_docs(docs, _entry("1b", 600.0, 3000.0), "cmd", [])  # replaces the first
     data = json.loads(docs.with_suffix(".json").read_text())
     assert sorted(data) == ["1b", "8b"] and data["1b"]["commands"]["compile"]["wall_s"] == 600
     text = docs.read_text()
@@ -122,3 +124,60 @@ def test_docs_keep_one_entry_per_shape(tmp_path, monkeypatch):
     assert "60.0 min (≤ 90 min: pass)" in text and "19.53 GiB (≤ 12 GiB: FAIL)" in text
     assert "| export | 1.5 | 900.0 |" in text and "](scale.png)" in text
     assert docs.with_suffix(".png").stat().st_size > 0
+
+
+def test_a_refusal_is_told_from_a_failure(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_docs, "_git", lambda *args: None)
+    entry = _entry("8b", 600.0, 3000.0)
+    line = "smoothrot: error: building X (3 × its 7.4 GB model, plus libraries) needs ~24.1 GB"
+    entry["commands"]["build"] = {**entry["commands"]["lower"], "rc": 2, "error": line}
+    entry["commands"]["eval"] = {**entry["commands"]["lower"], "rc": 1, "error": "boom"}
+    assert scale_docs.outcome(entry["commands"]["build"]) == f"refused up front: {line}"
+    assert scale_docs.outcome(entry["commands"]["eval"]) == "FAILED (rc 1): boom"
+    assert scale_docs.outcome(entry["commands"]["lower"]) == "ok"
+    docs = tmp_path / "scale.md"
+    scale_docs.write_docs(docs, entry, "cmd", [])
+    text = docs.read_text()
+    assert f"| `build` | 10.0 min | — | refused up front: {line} |" in text
+    assert "| `eval` | 10.0 min | — | FAILED (rc 1): boom |" in text
+
+
+def test_run_measured_keeps_the_last_error_line(tmp_path):
+    code = "import sys; print('out'); sys.stderr.write('50%\\r100%\\nbad input\\n'); sys.exit(2)"
+    r = bench_scale.run_measured([sys.executable, "-c", code], "t", tmp_path)
+    assert r["rc"] == 2 and r["tail"] == ["out"] and r["error"] == "bad input"
+    assert r["wall_s"] > 0 and r["peak_rss_mb"] > 0
+    ok = bench_scale.run_measured([sys.executable, "-c", "pass"], "u", tmp_path)
+    assert ok["rc"] == 0 and ok["error"] == ""
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [("compile,warp", "unknown step 'warp'"), ("bench", "step 'bench' needs 'lower'")],
+)
+def test_bad_steps_are_one_line_exit_2(capsys, steps, message):
+    with pytest.raises(SystemExit) as exc:
+        bench_scale.main(["--shape", "tiny", "--steps", steps])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err
+
+
+@pytest.mark.slow
+def test_every_step_on_the_tiny_shape(tmp_path, monkeypatch):
+    """compile, lower, bench, eval, generate, build and the exactness check all run as the user
+    would run them (their own processes), and the page reports each."""
+    docs = tmp_path / "docs" / "scale.md"
+    argv = ["--shape", "tiny", "--steps", "all", "--work", str(tmp_path / "w"), "--docs", str(docs)]
+    bench_scale.main(argv)  # exits non-zero when a command failed
+    data = json.loads(docs.with_suffix(".json").read_text())["tiny"]
+    assert list(data["commands"]) == [
+        "compile", "lower", "bench", "eval", "generate", "build",
+        "export", "compile-exact", "exact",
+    ]  # fmt: skip
+    assert all(r["rc"] == 0 and r["peak_rss_mb"] > 0 for r in data["commands"].values())
+    assert data["exact"]["max_abs_logit_diff"] < 1e-4 and data["exact"]["tokens"] == 128
+    assert data["bench"]["decode_tokens_per_s"] > 0 and data["eval"]["ppl"] > 1
+    assert data["disk_bytes"]["engine"] > 0 and data["stages"]
+    assert not (tmp_path / "w" / "tiny").exists()  # deleted without --keep
+    assert "| `exact` |" in docs.read_text() and "(≤ 0.001: pass)" in docs.read_text()

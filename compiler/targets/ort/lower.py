@@ -29,11 +29,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import onnx
 import onnx_ir as ir
 
 from smoothrot.compiler.config import LowerConfig
 from smoothrot.compiler.measure.probes import logits_probe, model_bytes, perplexity_pair
-from smoothrot.compiler.modeldir.model_dir import write_model_dir
+from smoothrot.compiler.modeldir.model_dir import write_model_dir, write_model_files
 from smoothrot.compiler.modeldir.model_graph import load_graph
 from smoothrot.compiler.modeldir.outdir import Staging, staged_output
 from smoothrot.compiler.pipelines import lower_pipeline
@@ -41,7 +42,7 @@ from smoothrot.compiler.reports.compile_report import jsonable
 from smoothrot.compiler.reports.lowering_report import lowering_markdown
 from smoothrot.compiler.stream.memory import refuse_unless_model_fits
 from smoothrot.core.errors import SmoothrotError
-from smoothrot.core.manifest import load_manifest
+from smoothrot.core.manifest import MODEL_FILE, load_manifest
 from smoothrot.core.pass_infra import PipelineResult
 from smoothrot.ortops.library import library_path
 from smoothrot.ortops.spec import OP_TYPE_ATTENTION, OP_TYPE_ROTATION
@@ -58,20 +59,22 @@ COMPILE_REPORT_FILES = ("report.json", "report.md", "report_layers.png")
 
 @dataclass(frozen=True)
 class _Lowering:
-    model: ir.Model
-    result: PipelineResult
+    """The lowered graph (None once written: the details stay, the weights go) and what each
+    lowering pass did."""
 
-    @property
-    def layers(self) -> dict[str, Any]:
-        return {"lowered": [], "skipped": {}, **self.result.details("lower_int4")}
+    model: ir.Model | None
+    layers: dict[str, Any]
+    rotations: dict[str, Any]
+    attention: dict[str, Any]
 
-    @property
-    def rotations(self) -> dict[str, Any]:
-        return {"lowered": 0, "skipped": {}, **self.result.details("lower_rotation")}
-
-    @property
-    def attention(self) -> dict[str, Any]:
-        return {"lowered": 0, "skipped": {}, **self.result.details("lower_attention")}
+    @classmethod
+    def of(cls, model: ir.Model, result: PipelineResult) -> _Lowering:
+        return cls(
+            model,
+            {"lowered": [], "skipped": {}, **result.details("lower_int4")},
+            {"lowered": 0, "skipped": {}, **result.details("lower_rotation")},
+            {"lowered": 0, "skipped": {}, **result.details("lower_attention")},
+        )
 
 
 def _lowered_graph(source: Path, config: LowerConfig) -> _Lowering:
@@ -80,7 +83,7 @@ def _lowered_graph(source: Path, config: LowerConfig) -> _Lowering:
     done = {n.op_type for n in model.graph} & {*KERNEL_OPS, OP_TYPE_ROTATION, OP_TYPE_ATTENTION}
     if done:
         raise SmoothrotError(f"{source} is already lowered (it has {sorted(done)} nodes)")
-    lowered = _Lowering(model, lower_pipeline(config)(model))
+    lowered = _Lowering.of(model, lower_pipeline(config)(model))
     if not lowered.layers["lowered"]:
         raise SmoothrotError(
             f"{source} has no INT4 QDQ MatMul to lower; compile a w4* recipe first"
@@ -88,15 +91,19 @@ def _lowered_graph(source: Path, config: LowerConfig) -> _Lowering:
     return lowered
 
 
-def _exactness(
-    source: Path, work: Path, config: LowerConfig, stage: dict[str, Any]
-) -> dict[str, Any]:
-    """Logits of the level-0 lowering vs the QDQ model (the proof that the rewrite is exact)."""
-    model = _lowered_graph(source, replace(config, accuracy_level=0)).model
-    exact = work / "level0"
-    exact.mkdir()
-    write_model_dir(model, source, load_manifest(source), exact, [stage])
-    return logits_probe(source, exact, decode_steps=PROBE_DECODE_STEPS)
+def _ship_at_level(level0: Path, source: Path, out: Path, level: int, stage: dict[str, Any]):
+    """The shipped model from the level-0 lowering: the same weights (its data file moved, not
+    written again) with each INT4 kernel node's ``accuracy_level`` set to ``level``."""
+    proto = onnx.load(str(level0 / MODEL_FILE), load_external_data=False)
+    for node in proto.graph.node:
+        if node.op_type in KERNEL_OPS:
+            for attr in node.attribute:
+                if attr.name == "accuracy_level":
+                    attr.i = level
+    data = f"{MODEL_FILE}.data"
+    (level0 / data).rename(out / data)
+    onnx.save(proto, str(out / MODEL_FILE))  # its external data stays where it points: ``data``
+    write_model_files(source, load_manifest(source), out, [stage])
 
 
 def _report(
@@ -104,7 +111,7 @@ def _report(
     source: Path,
     config: LowerConfig,
     lowered: _Lowering,
-    work: Path,
+    exactness: dict[str, Any],
     stage: dict[str, Any],
 ) -> dict[str, Any]:
     lowering = lowered.layers
@@ -130,8 +137,10 @@ def _report(
             "block_sizes": dict(Counter(layer.block_size for layer in lowering["lowered"])),
             "left_as_qdq": lowering["skipped"],
         },
-        "exactness_level0": _exactness(source, work, config, stage),
-        "shipped_vs_qdq": logits_probe(source, out, decode_steps=PROBE_DECODE_STEPS),
+        "exactness_level0": exactness,
+        "shipped_vs_qdq": logits_probe(
+            source, out, optimize=False, decode_steps=PROBE_DECODE_STEPS
+        ),
         "size_bytes": {"qdq": model_bytes(source), "lowered": model_bytes(out)},
         "per_layer": jsonable(lowering["lowered"]),
     }
@@ -142,9 +151,13 @@ def _report(
     return report
 
 
-# Lowering an 8B-shaped w4a16 model (7.9 GB) was OOM-killed at 24.3 GB: more than three
-# copies of the model are held at once; a model that cannot fit is refused before any work.
-LOWER_COPIES = 3
+# Lowering an 8B-shaped w4a16 model (7.9 GB) was OOM-killed at 24.3 GB when every layer's
+# unpacked weights were held and the graph was lowered twice, and peaked at 22.8 GB when its
+# probes ran the QDQ graph in ONNX Runtime's default order (every weight dequantized at once).
+# Now the weights are read one layer at a time, converted once, and the probes run the graphs as
+# written in priority order: 10.7 GB. Two copies leave a margin; a model that cannot fit is
+# refused before any work.
+LOWER_COPIES = 2
 
 
 def lower_model(source: Path, out: Path, config: LowerConfig = LowerConfig()) -> dict[str, Any]:
@@ -155,10 +168,16 @@ def lower_model(source: Path, out: Path, config: LowerConfig = LowerConfig()) ->
 
 
 def lower_into(source: Path, staging: Staging, config: LowerConfig) -> dict[str, Any]:
-    """Lower ``source`` into ``staging.out`` (scratch in ``staging.work``) and report."""
+    """Lower ``source`` into ``staging.out`` (scratch in ``staging.work``) and report.
+
+    The graph is lowered once, at level 0, and written to scratch: that model is the one the
+    exactness probe runs; the shipped model is the same file of weights with the INT4 nodes'
+    accuracy level set (:func:`_ship_at_level`), so the weights are converted and written once
+    and the lowered graph is not held while ONNX Runtime runs the probes."""
     start = time.perf_counter()
-    lowered = _lowered_graph(source, config)
+    lowered = _lowered_graph(source, replace(config, accuracy_level=0))
     model, lowering = lowered.model, lowered.layers
+    assert model is not None
     kernels = dict(Counter(n.op_type for n in model.graph if n.op_type in KERNEL_OPS))
     if (
         set(kernels) & {PER_IC_OP, PER_OC_OP}
@@ -180,11 +199,16 @@ def lower_into(source: Path, staging: Staging, config: LowerConfig) -> dict[str,
         "lowered": len(lowering["lowered"]),
     }
     manifest = load_manifest(source)
+    level0 = staging.work / "level0"
+    level0.mkdir()
+    write_model_dir(model, source, manifest, level0, [{**stage, "accuracy_level": 0}])
+    lowered = replace(lowered, model=None)  # the graph is on disk: release its weights
+    del model
     stage["seconds"] = round(time.perf_counter() - start, 1)
-    dest, work = staging.out, staging.work / "lower"
-    work.mkdir()
-    write_model_dir(model, source, manifest, dest, [stage])
+    exactness = logits_probe(source, level0, optimize=False, decode_steps=PROBE_DECODE_STEPS)
+    dest = staging.out
+    _ship_at_level(level0, source, dest, config.accuracy_level, stage)
     for name in COMPILE_REPORT_FILES:  # the compile report stays with the model it measured
         if (source / name).is_file():
             shutil.copy(source / name, dest / name)
-    return _report(dest, source, config, lowered, work, stage)
+    return _report(dest, source, config, lowered, exactness, stage)

@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from smoothrot.compiler.compile import compile_model
-from smoothrot.compiler.config import CompileConfig, Recipe, StreamMode
+from smoothrot.compiler.config import Calibration, CompileConfig, Recipe, StreamMode
 from smoothrot.compiler.measure.probes import logits_probe
 from smoothrot.passes.quantize_weights import Algorithm, WeightQuantConfig
 
@@ -20,7 +20,7 @@ def _config(recipe: Recipe, **kw) -> CompileConfig:
     return CompileConfig(recipe, calibration_tokens=512, **kw)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "qwen3"])
 def test_exact_stream_matches_the_export(arch, tiny_model_dir, tiny_export, tmp_path):
     out = tmp_path / "s"
     report = compile_model(out, _config(Recipe.FP_ROTATE), model=str(tiny_model_dir(arch)))
@@ -78,9 +78,8 @@ def test_stream_matches_the_whole_graph_compile(
 def test_sequential_calibration_changes_the_hessians(tiny_model_dir, tmp_path):
     model = str(tiny_model_dir("llama"))
     float_cal = compile_model(tmp_path / "f", _config(Recipe.W4A16, evaluate=False), model=model)
-    seq = compile_model(
-        tmp_path / "s", _config(Recipe.W4A16, evaluate=False, sequential=True), model=model
-    )
+    sequential = _config(Recipe.W4A16, evaluate=False, calibration=Calibration.SEQUENTIAL)
+    seq = compile_model(tmp_path / "s", sequential, model=model)
     assert seq["stream"]["calibration"] == "sequential"
     assert "logits" not in seq and "perplexity" not in seq
     first = [lay["errors"] for lay in float_cal["layers"]]
@@ -90,3 +89,9 @@ def test_sequential_calibration_changes_the_hessians(tiny_model_dir, tmp_path):
     data = [(tmp_path / d / "model.onnx.data").read_bytes() for d in ("f", "s")]
     assert data[0] != data[1]
     assert np.isfinite([lay["snr_db"] for lay in seq["layers"]]).all()
+
+
+def test_sequential_calibration_needs_a_streamed_compile():
+    for whole in ({"stream": StreamMode.OFF}, {"dump_after": ("quantize_weights",)}):
+        with pytest.raises(ValueError, match="sequential .* needs a streamed compile"):
+            CompileConfig(Recipe.W4A16, calibration=Calibration.SEQUENTIAL, **whole)

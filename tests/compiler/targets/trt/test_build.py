@@ -104,14 +104,3 @@ def test_a_build_that_cannot_fit_is_refused_up_front(tiny_export, tmp_path, monk
     with pytest.raises(SmoothrotError, match=r"building .* needs ~\d+\.\d GB .* 0\.0 GB available"):
         build_model(tiny_export("llama"), tmp_path / "trt", config)
     assert not (tmp_path / "trt").exists()
-
-
-def test_a_lowering_that_cannot_fit_is_refused_up_front(tiny_export, tmp_path, monkeypatch):
-    from smoothrot.compiler.stream import memory
-    from smoothrot.compiler.targets.ort.lower import lower_model
-
-    monkeypatch.setattr(memory, "available_bytes", lambda: 2**20)
-    with pytest.raises(SmoothrotError, match=r"lowering .* needs ~\d+\.\d GB .* 0\.0 GB available"):
-        lower_model(tiny_export("llama"), tmp_path / "low")
-    assert not (tmp_path / "low").exists()
-    assert not list(tmp_path.glob(".low.partial-*"))
