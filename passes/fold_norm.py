@@ -4,6 +4,12 @@ Exact: ``(x̂ ⊙ γ) B = x̂ (diag(γ) B)``. Needed before a fused residual rot
 requires every norm to be a pure normalization. Handles every norm in the model map
 (attention, MLP, final); a bias after the MatMul is unaffected. Idempotent: a norm whose γ is
 already all ones is left alone.
+
+Where the fused rotation is blocked (a post-norm with a non-uniform γ, as in Gemma 3) nothing
+is folded: the rotation is then applied online to the norm's output, and rotating ``x̂ ⊙ γ``
+keeps fp32 exact where rotating ``x̂`` would not — a model whose γ compensates a few huge
+residual channels would mix their rounding error into channels that a large γ then amplifies
+(measured on Gemma 3 270M: 1.1e-3 vs 1.1e-4 max |Δ logit|).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from smoothrot.core.pass_infra import PassReport
 from smoothrot.passes._conditions import require_float_weights
 from smoothrot.passes._graph import constant_array, transform_constant
 from smoothrot.passes.model_map import build_model_map
+from smoothrot.passes.residual_rotation import r1_blocker
 
 __all__ = ["FoldNormGammaPass"]
 
@@ -32,6 +39,9 @@ class FoldNormGammaPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> PassReport:
         mm = build_model_map(model, self.dims).require(fp_weights=True)
+        blocked = r1_blocker(mm)
+        if blocked is not None:
+            return PassReport(model, False, {"norms_folded": 0, "not_needed": blocked})
         modified, folded = False, 0
         for norm, linears in mm.norm_consumers():
             gamma = constant_array(norm.gamma)
@@ -44,6 +54,9 @@ class FoldNormGammaPass(ir.passes.InPlacePass):
         return PassReport(model, modified, {"norms_folded": folded})
 
     def ensures(self, model: ir.Model) -> None:
-        for norm, _ in build_model_map(model, self.dims).norm_consumers():
+        mm = build_model_map(model, self.dims)
+        if r1_blocker(mm) is not None:
+            return
+        for norm, _ in mm.norm_consumers():
             if np.any(constant_array(norm.gamma) != 1):
                 raise ir.passes.PostconditionError(f"{self.name}: γ of {norm.gamma.name} != 1")

@@ -6,13 +6,22 @@ What it finds, without relying on node or value names:
   ``Mul(γ, Mul(x, Reciprocal(Sqrt(Add(ReduceMean(Pow(x, 2)), eps)))))`` (the pattern
   :mod:`smoothrot.passes.rules.rms_norm`) or opset-23 ``RMSNormalization(x, γ)``; ``x`` is the
   residual stream at that point;
-- the constant-weight MatMuls each norm feeds (q/k/v after the attention norm, gate/up after the
-  MLP norm, lm_head after the final norm) and the bias Add that may follow each (Qwen2);
-- o_proj and down_proj: the one constant-weight MatMul between a norm and the next that is not
-  fed by a norm, checked to write into the residual Add that feeds the next norm;
+- the norms that feed constant-weight MatMuls (the *pre-norms*: q/k/v after the attention
+  norm, gate/up after the MLP norm, lm_head after the final norm) and the bias Add that may
+  follow each MatMul (Qwen2); a norm's γ may be a folded constant such as Gemma's ``1 + w``;
+- o_proj and down_proj: the one constant-weight MatMul between a pre-norm and the next that is
+  not fed by a norm, checked to write into the residual Add that feeds the next pre-norm, either
+  directly (Llama) or through a *post-norm* (Gemma 3: ``post_attention_layernorm``,
+  ``post_feedforward_layernorm``);
+- per-head *q/k norms* (Qwen3, Gemma 3): a norm over ``head_dim`` whose input is the q or k
+  projection, only reshaped or transposed;
 - q vs k vs v: v's output reaches the graph output ``present.{i}.value``, k's reaches
-  ``present.{i}.key``; gate vs up: gate's output reaches a Sigmoid (SiLU), up's does not;
-- the embedding Gather and its table.
+  ``present.{i}.key``; gate vs up: gate's output reaches a nonlinearity (SiLU's Sigmoid, GeLU,
+  Tanh, Erf) before any MatMul, up's does not;
+- the embedding Gather and its table (a constant scale after it, as Gemma's √hidden, is part of
+  the residual stream it starts).
+
+A norm that is none of these is reported by name.
 
 Online rotations inserted by ``OnlineRotationPass`` (nodes marked ``smoothrot.rotation``) are
 seen through: a MatMul reading a rotated norm output still counts as fed by that norm.
@@ -23,19 +32,20 @@ them into a ``ModelMapError`` so the passes refuse instead of guessing.
 
 from __future__ import annotations
 
-import enum
 from collections import deque
 from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
 from smoothrot.core.manifest import ModelDims
-from smoothrot.passes._graph import (
-    ROTATION_MARK,
-    is_constant,
-    producer_op,
-    transform_constant,
-    unrotated,
+from smoothrot.passes._graph import ROTATION_MARK, is_constant, producer_op, unrotated
+from smoothrot.passes.model_parts import (
+    LAYER_SITES,
+    DecoderLayer,
+    Linear,
+    ModelMapError,
+    Norm,
+    Site,
 )
 from smoothrot.passes.rules.rms_norm import match_rms_norm, statistics_nodes
 
@@ -50,95 +60,6 @@ __all__ = [
     "build_model_map",
     "find_norms",
 ]
-
-
-class Site(enum.Enum):
-    """A MatMul input that smoothing or rotation can act on (shared by q/k/v and gate/up)."""
-
-    QKV = "qkv"
-    O_PROJ = "o_proj"
-    GATE_UP = "gate_up"
-    DOWN_PROJ = "down_proj"
-    LM_HEAD = "lm_head"
-
-
-LAYER_SITES = frozenset({Site.QKV, Site.O_PROJ, Site.GATE_UP, Site.DOWN_PROJ})
-
-
-class ModelMapError(ValueError):
-    """The graph has a pattern the compiler does not recognize; the message names it."""
-
-
-@dataclass(frozen=True)
-class Norm:
-    """An RMSNorm: ``output = x / rms(x) * gamma``; ``gamma`` is an initializer."""
-
-    input: ir.Value
-    output: ir.Value
-    gamma: ir.Value
-    node: ir.Node  # the node that multiplies by gamma (or the RMSNormalization node)
-    # Pow, ReduceMean, Add, Sqrt, Reciprocal of the decomposed form (none for RMSNormalization)
-    statistics: tuple[ir.Node, ...] = ()
-
-
-@dataclass(frozen=True)
-class Linear:
-    """A constant-weight MatMul ``y = x @ B (+ bias)``, ``B = weight`` of shape ``[K, N]``: an
-    initializer, or the output of a DequantizeLinear of constants (a quantized weight)."""
-
-    node: ir.Node
-    weight: ir.Value
-    bias: ir.Value | None
-    bias_node: ir.Node | None
-
-    @property
-    def input(self) -> ir.Value:
-        x = self.node.inputs[0]
-        assert x is not None
-        return x
-
-    @property
-    def output(self) -> ir.Value:
-        """The value after the bias Add, if any."""
-        node = self.bias_node or self.node
-        return node.outputs[0]
-
-    @property
-    def name(self) -> str:
-        return self.weight.name or "?"
-
-    @property
-    def dequantize(self) -> ir.Node | None:
-        """The DequantizeLinear producing ``B`` once the weight is quantized, else None."""
-        return producer_op(self.weight, "DequantizeLinear")
-
-    def transform_weight(self, fn, axis: int | None = None) -> None:
-        """``B := fn(B)`` (float64 in, stored in B's dtype), on a copy only this MatMul reads;
-        ``axis``: ``fn`` is separable along it (see ``transform_constant``)."""
-        if self.dequantize is not None:
-            raise ModelMapError(f"{self.name} is already quantized; exact passes must run first")
-        transform_constant(self.node, self.weight, fn, axis)
-
-    def transform_bias(self, fn) -> None:
-        if self.bias is not None and self.bias_node is not None:
-            transform_constant(self.bias_node, self.bias, fn)
-
-
-@dataclass(frozen=True)
-class DecoderLayer:
-    index: int
-    attn_norm: Norm
-    q: Linear
-    k: Linear
-    v: Linear
-    o: Linear
-    mlp_norm: Norm
-    gate: Linear
-    up: Linear
-    down: Linear
-
-    def linears(self) -> list[Linear]:
-        return [self.q, self.k, self.v, self.o, self.gate, self.up, self.down]
 
 
 @dataclass
@@ -181,8 +102,12 @@ class ModelMap:
         out = [lin for layer in self.layers for lin in layer.linears()]
         return out + ([self.lm_head] if self.lm_head is not None else [])
 
+    def post_norms(self) -> list[Norm]:
+        """Every post-norm (between a Linear that writes the residual and the residual Add)."""
+        return [n for layer in self.layers for n in layer.post_norms()]
+
     def norm_consumers(self) -> list[tuple[Norm, list[Linear]]]:
-        """Each norm with the Linears it feeds (attention, MLP, final)."""
+        """Each pre-norm with the Linears it feeds (attention, MLP, final)."""
         out = []
         for layer in self.layers:
             out.append((layer.attn_norm, [layer.q, layer.k, layer.v]))
@@ -254,8 +179,13 @@ def _to_output(name: str):
     return lambda v, node: node is None and v.is_graph_output() and v.name == name
 
 
-def _to_sigmoid(v, node) -> bool:
-    return node is not None and node.op_type == "Sigmoid"
+# Elementwise nonlinearities a gated MLP's gate passes through (SiLU = x·Sigmoid(x); GeLU as the
+# opset-20 op or decomposed with Tanh or Erf).
+_ACTIVATIONS = frozenset({"Sigmoid", "Gelu", "Tanh", "Erf", "Relu", "Softplus", "HardSigmoid"})
+
+
+def _to_activation(v, node) -> bool:
+    return node is not None and node.op_type in _ACTIVATIONS
 
 
 def build_model_map(model: ir.Model, dims: ModelDims) -> ModelMap:
@@ -269,23 +199,36 @@ def build_model_map(model: ir.Model, dims: ModelDims) -> ModelMap:
     unfed: list[Linear] = []
     for lin in linears:
         fed.get(id(unrotated(lin.input)), unfed).append(lin)
-    if len(norms) != 2 * dims.layers + 1:
-        mm.problems.append(f"found {len(norms)} RMSNorms, expected {2 * dims.layers + 1}")
+    pre = [n for n in norms if fed[id(n.output)]]
+    others = [n for n in norms if not fed[id(n.output)]]
+    if len(pre) != 2 * dims.layers + 1:
+        mm.problems.append(
+            f"found {len(pre)} RMSNorms that feed MatMuls, expected {2 * dims.layers + 1}"
+        )
         return mm
     embed = [n for n in graph if n.op_type == "Gather" and is_constant(n.inputs[0])]
     mm.embedding = embed[0] if len(embed) == 1 else None
     if mm.embedding is None:
         mm.problems.append(f"expected one embedding Gather, found {len(embed)}")
     for i in range(dims.layers):
-        layer = _build_layer(i, norms, fed, unfed, order, mm.problems)
+        layer = _build_layer(i, pre, others, fed, unfed, order, mm.problems, dims.head_dim)
         if layer is not None:
             mm.layers.append(layer)
-    mm.final_norm = norms[-1]
-    heads = fed[id(norms[-1].output)]
+    mm.final_norm = pre[-1]
+    heads = fed[id(pre[-1].output)]
     if len(heads) == 1 and heads[0].weight.shape[1] == dims.vocab:
         mm.lm_head = heads[0]
     else:
         mm.problems.append("final norm does not feed exactly one vocab-sized MatMul (lm_head)")
+    if len(mm.layers) == dims.layers:
+        known = {id(n) for layer in mm.layers for n in (layer.q_norm, layer.k_norm)}
+        known |= {id(n) for n in mm.post_norms()}
+        for norm in others:
+            if id(norm) not in known:
+                mm.problems.append(
+                    f"RMSNorm with γ {norm.gamma.name!r} is neither before a MatMul, nor after "
+                    "o_proj/down_proj, nor a per-head q/k norm"
+                )
     return mm
 
 
@@ -294,15 +237,38 @@ def _between(lins: list[Linear], order: dict[int, int], a: Norm, b: Norm) -> lis
     return [lin for lin in lins if lo < order[id(lin.node)] < hi]
 
 
-def _writes_residual(lin: Linear, before: Norm, after: Norm) -> bool:
-    """``lin``'s output is added to ``before``'s input and the sum feeds ``after``."""
-    for node in lin.output.consumers():
+def _post_norm(lin: Linear, others: list[Norm]) -> Norm | None:
+    """The norm that reads ``lin``'s output and nothing else, if there is one."""
+    found = [n for n in others if n.input is lin.output]
+    return found[0] if len(found) == 1 else None
+
+
+def _writes_residual(out: ir.Value, before: Norm, after: Norm) -> bool:
+    """``out`` is added to ``before``'s input and the sum feeds ``after``."""
+    for node in out.consumers():
         if node.op_type == "Add" and before.input in node.inputs and node.outputs[0] is after.input:
             return True
     return False
 
 
-def _build_layer(i, norms, fed, unfed, order, problems) -> DecoderLayer | None:
+_HEAD_VIEWS = frozenset({"Reshape", "Transpose", "Unsqueeze", "Squeeze"})
+
+
+def _head_norm(lin: Linear, others: list[Norm], head_dim: int) -> Norm | None:
+    """The per-head norm of ``lin``'s output (over ``head_dim``, after only reshapes)."""
+    frontier, seen = [lin.output], 0
+    while frontier and seen < 4:
+        seen += 1
+        found = [n for n in others for v in frontier if n.input is v]
+        if found:
+            gamma = found[0].gamma.const_value
+            return found[0] if gamma is not None and gamma.size == head_dim else None
+        frontier = [o for v in frontier for u in v.consumers() if u.op_type in _HEAD_VIEWS
+                    for o in u.outputs]  # fmt: skip
+    return None
+
+
+def _build_layer(i, norms, others, fed, unfed, order, problems, head_dim) -> DecoderLayer | None:
     attn, mlp, nxt = norms[2 * i], norms[2 * i + 1], norms[2 * i + 2]
     qkv, gate_up = fed[id(attn.output)], fed[id(mlp.output)]
     o, down = _between(unfed, order, attn, mlp), _between(unfed, order, mlp, nxt)
@@ -316,15 +282,22 @@ def _build_layer(i, norms, fed, unfed, order, problems) -> DecoderLayer | None:
     v = [lin for lin in qkv if _reaches(lin.output, _to_output(f"present.{i}.value"))]
     k = [lin for lin in qkv if _reaches(lin.output, _to_output(f"present.{i}.key"))]
     q = [lin for lin in qkv if lin not in v and lin not in k]
-    gate = [lin for lin in gate_up if _reaches(lin.output, _to_sigmoid, limit=3)]
+    gate = [lin for lin in gate_up if _reaches(lin.output, _to_activation, limit=3)]
     up = [lin for lin in gate_up if lin not in gate]
     if not (len(q) == len(k) == len(v) == 1):
         problems.append(f"{where}: cannot tell q, k and v apart through present.{i}.key/value")
         return None
     if not (len(gate) == len(up) == 1):
-        problems.append(f"{where}: cannot tell gate from up (expected one SiLU gate)")
+        problems.append(f"{where}: cannot tell gate from up (expected one activated gate)")
         return None
-    if not _writes_residual(o[0], attn, mlp) or not _writes_residual(down[0], mlp, nxt):
+    post_attn, post_mlp = _post_norm(o[0], others), _post_norm(down[0], others)
+    o_out = post_attn.output if post_attn else o[0].output
+    down_out = post_mlp.output if post_mlp else down[0].output
+    if not _writes_residual(o_out, attn, mlp) or not _writes_residual(down_out, mlp, nxt):
         problems.append(f"{where}: o_proj/down_proj do not write the residual stream")
         return None
-    return DecoderLayer(i, attn, q[0], k[0], v[0], o[0], mlp, gate[0], up[0], down[0])
+    q_norm, k_norm = _head_norm(q[0], others, head_dim), _head_norm(k[0], others, head_dim)
+    return DecoderLayer(
+        i, attn, q[0], k[0], v[0], o[0], mlp, gate[0], up[0], down[0],
+        post_attn, post_mlp, q_norm, k_norm,
+    )  # fmt: skip

@@ -7,6 +7,10 @@
 o_proj input and the down_proj input. An input already produced by one of our rotations is
 left alone, so the pass is idempotent. Each inserted node carries the metadata
 ``smoothrot.rotation = online`` and the rotation's factor sizes.
+
+With ``residual_fallback``, where the fused residual rotation was blocked (the model is marked
+``r2``, see ``residual_rotation.py``), the inputs it would have rotated (q/k/v and gate/up) are
+rotated online as well, so a post-norm model gets the same incoherence at those inputs.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from smoothrot.passes._graph import (
     new_initializer,
 )
 from smoothrot.passes.model_map import LAYER_SITES, Linear, Site, build_model_map
+from smoothrot.passes.residual_rotation import RESIDUAL_ROTATION_MARK
 
 __all__ = ["OnlineRotationPass"]
 
@@ -69,17 +74,26 @@ def _rotate_input(graph: ir.Graph, linears: list[Linear], tag: str, seed: int) -
 class OnlineRotationPass(ir.passes.InPlacePass):
     name = "online_rotation"
 
-    def __init__(self, dims: ModelDims, sites: frozenset[Site] = LAYER_SITES, seed: int = 0):
+    def __init__(
+        self,
+        dims: ModelDims,
+        sites: frozenset[Site] = LAYER_SITES,
+        seed: int = 0,
+        residual_fallback: bool = False,
+    ) -> None:
         super().__init__()
         self.dims, self.sites, self.seed = dims, sites, seed
+        self.residual_fallback = residual_fallback
 
     def requires(self, model: ir.Model) -> None:
         require_float_weights(model, self.name)
 
     def call(self, model: ir.Model) -> PassReport:
         mm = build_model_map(model, self.dims).require(fp_weights=True)
-        graph, rotated = model.graph, []
+        graph, rotated, sites = model.graph, [], self.sites
+        if self.residual_fallback and model.metadata_props.get(RESIDUAL_ROTATION_MARK) == "r2":
+            sites = sites | {Site.QKV, Site.GATE_UP}
         for site, tag, linears in mm.site_groups():
-            if site in self.sites and _rotate_input(graph, linears, tag, self.seed):
+            if site in sites and _rotate_input(graph, linears, tag, self.seed):
                 rotated.append(tag)
         return PassReport(model, bool(rotated), {"rotated": rotated})

@@ -11,6 +11,12 @@ after export, so it is untied from the embedding by construction.
 (and its bias); o_proj's input rows of each query head ``B_o := (I ⊗ H_Dᵀ) B_o``. Attention is
 linear in V per head, so the heads' outputs arrive rotated by the same ``H_D``.
 
+**Post-norms** (Gemma 3: a norm between o_proj / down_proj and the residual Add) block R1 where
+their γ is not uniform: ``norm(o Q) ⊙ γ = (norm(o) Q) ⊙ γ ≠ (norm(o) ⊙ γ) Q``. There only R2 is
+applied, the model is marked ``r2`` and the report names the norm that blocked R1;
+``OnlineRotationPass(residual_fallback=True)`` then rotates the inputs R1 would have covered
+(q/k/v, gate/up) online instead.
+
 The model is marked (metadata ``smoothrot.residual_rotation``) and a marked model is left alone.
 """
 
@@ -24,11 +30,24 @@ from smoothrot.core.manifest import ModelDims
 from smoothrot.core.pass_infra import PassPreconditionError, PassReport
 from smoothrot.passes._conditions import require_float_weights
 from smoothrot.passes._graph import constant_array, transform_constant
-from smoothrot.passes.model_map import Linear, ModelMapError, build_model_map
+from smoothrot.passes.model_map import Linear, ModelMap, ModelMapError, build_model_map
 
-__all__ = ["ResidualRotationPass"]
+__all__ = ["RESIDUAL_ROTATION_MARK", "ResidualRotationPass", "r1_blocker"]
 
-_MARK = "smoothrot.residual_rotation"
+_MARK = RESIDUAL_ROTATION_MARK = "smoothrot.residual_rotation"
+
+
+def r1_blocker(mm: ModelMap) -> str | None:
+    """Why the fused residual rotation cannot apply to ``mm``'s model (None where it can)."""
+    for layer in mm.layers:
+        for norm in layer.post_norms():
+            gamma = constant_array(norm.gamma)
+            if np.any(gamma != gamma.flat[0]):
+                return (
+                    f"layer {layer.index}'s post-norm (γ {norm.gamma.name!r}) is not uniform: "
+                    "it does not commute with a rotation of the residual stream"
+                )
+    return None
 
 
 class ResidualRotationPass(ir.passes.InPlacePass):
@@ -43,6 +62,8 @@ class ResidualRotationPass(ir.passes.InPlacePass):
         if model.metadata_props.get(_MARK):
             return  # already rotated: call() leaves it as it is
         mm = build_model_map(model, self.dims).require(fp_weights=True)
+        if r1_blocker(mm) is not None:
+            return  # only the per-head rotation applies, which needs no folded norms
         unfolded = [
             n.gamma.name for n, _ in mm.norm_consumers() if np.any(constant_array(n.gamma) != 1)
         ]
@@ -56,6 +77,13 @@ class ResidualRotationPass(ir.passes.InPlacePass):
         if model.metadata_props.get(_MARK):
             return PassReport(model, False, {"rotation": model.metadata_props[_MARK]})
         mm = build_model_map(model, self.dims).require(fp_weights=True)
+        blocked = r1_blocker(mm)
+        if blocked is not None:
+            for layer in mm.layers if self.per_head else []:
+                self._rotate_heads(layer.v, layer.o)
+            model.metadata_props[_MARK] = "r2" if self.per_head else "none"
+            details = {"rotation": model.metadata_props[_MARK], "r1_blocked": blocked}
+            return PassReport(model, self.per_head, details)
         if mm.embedding is None or mm.lm_head is None:
             raise ModelMapError("residual rotation needs the embedding Gather and lm_head")
         f = rotation_factors(self.dims.hidden, self.seed)

@@ -16,7 +16,7 @@ from smoothrot.compiler.export.exporter import export_model
 from smoothrot.compiler.modeldir.sources import load_torch_model, resolve_source
 from smoothrot.core.manifest import MANIFEST_NAME
 
-TINY_ARCHITECTURES = ("llama", "mistral", "qwen2")
+TINY_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +42,7 @@ def default_export(tmp_path_factory, default_source) -> Path:
 
 
 def _tiny_config(arch: str, layers: int = 2):
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+    from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
     common = dict(
         hidden_size=64,
@@ -60,6 +60,16 @@ def _tiny_config(arch: str, layers: int = 2):
         return MistralConfig(**common, sliding_window=256)
     if arch == "qwen2":
         return Qwen2Config(**common)  # q/k/v carry biases
+    if arch == "qwen3":
+        return Qwen3Config(**common, head_dim=32)  # per-head q/k norms; head_dim != hidden/heads
+    if arch == "gemma3":
+        # post-norms, q/k norms, (1 + γ) norms, GeGLU, scaled embeddings, one KV head, sliding
+        # and global layers with their own RoPE bases
+        kinds = ["sliding_attention", "full_attention"] * layers
+        return Gemma3TextConfig(
+            **{**common, "num_key_value_heads": 1}, head_dim=32, query_pre_attn_scalar=32,
+            sliding_window=16, layer_types=kinds[:layers],
+        )  # fmt: skip
     raise ValueError(arch)
 
 

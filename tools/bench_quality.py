@@ -7,6 +7,7 @@ KV rows are also evaluated with the chat system prompt before every window (scor
 unchanged) with P = 0 and P = the prompt length (BiSup), set at run time.
 
     python -m smoothrot.tools.bench_quality -o out/bench_quality [--onnx out/smollm2-fp32]
+    python -m smoothrot.tools.bench_quality --model gemma3-270m --docs docs/quality-gemma3.md
 
 Prints a markdown table (perplexity, ratio to fp32, size) and writes results.json;
 ``--docs docs/quality.md`` also writes the tables as a page of ``docs/`` (with the run's
@@ -114,6 +115,12 @@ ROWS: list[Row] = [
         prompt_eval=True,
     ),
     Row("ours w4a16 RTN per-OC, rotate", "w4a16", _ours("w4a16", "rotate", "per-oc", "rtn")),
+    Row("ours w4a8 RTN per-OC, rotate", "w4a8", _ours("w4a8", "rotate", "per-oc", "rtn")),
+    Row(
+        "ours w4a4 RTN per-OC, hybrid-online",
+        "w4a4",
+        _ours("w4a4", "hybrid-online", "per-oc", "rtn"),
+    ),
     Row("ours w4a16 RTN per-IC, rotate", "w4a16", _ours("w4a16", "rotate", "per-ic", "rtn")),
     Row("ours w4a16 RTN AdaDim, rotate", "w4a16", _ours("w4a16", "rotate", "adadim", "rtn")),
     Row("ours w4a16 GPTQ per-OC, rotate", "w4a16", _ours("w4a16", "rotate", "per-oc", "gptq")),
@@ -131,7 +138,7 @@ def _measure(row: Row, model_dir: Path, eval_config: EvalConfig) -> dict[str, An
     t = time.perf_counter()
     result: dict[str, Any] = {"row": row.name, "bits": row.bits}
     plain = evaluate_dir(model_dir, eval_config, progress=False)
-    result.update(ppl=plain["ppl"], size_bytes=model_bytes(model_dir))
+    result.update(ppl=plain["ppl"], size_bytes=model_bytes(model_dir), bos=plain["bos"])
     if row.prompt_eval:
         prompt = len(system_prompt_ids(load_tokenizer(model_dir)))
         kv = row.bits.endswith("kv4")
@@ -171,14 +178,16 @@ def run(
     eval_config: EvalConfig,
     cache: Path | None = None,
     model_dirs: dict[str, Path] | None = None,
+    model: str | None = None,
 ) -> list[dict]:
-    """Build and evaluate ``rows``; ``model_dirs``, if given, receives each row's model folder."""
+    """Build and evaluate ``rows`` of ``model`` (a source as ``--model`` names it; None: the
+    default model); ``model_dirs``, if given, receives each row's model folder."""
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-quality-", dir=out))
     cache = cache or work / "cache"
     if onnx_dir is None:
         onnx_dir = work / "fp32"
-        export_model(resolve_source(None), onnx_dir, ExportConfig())
+        export_model(resolve_source(model), onnx_dir, ExportConfig())
     results = []
     for i, row in enumerate(rows):
         t = time.perf_counter()
@@ -202,7 +211,7 @@ TUNED = {
     ),
 }
 PROTOCOL = (
-    "One run, one export of the default model, every row evaluated by the same runner on the "
+    "One run, one export of {model}, every row evaluated by the same runner on the "
     "same text and protocol (pydoc evaluation part, {windows} × {seq} tokens, accuracy level 0 "
     "unless the row says otherwise). Symmetric INT4, group 128 (64 where 128 does not divide); "
     "lm_head stays fp32 in every row, ours and the peer's. Calibration and `--tune` use the "
@@ -240,17 +249,30 @@ def _tune_table(results: list[dict[str, Any]], model_dirs: dict[str, Path]) -> s
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+def _plot_name(plot: str, model: str | None) -> str:
+    """A plot's file name in docs/: one per model, so two models' pages never share one."""
+    return plot if model is None else plot.replace(".png", f"_{model}.png")
+
+
 def docs_body(
-    results: list[dict[str, Any]], eval_config: EvalConfig, model_dirs: dict[str, Path]
+    results: list[dict[str, Any]],
+    eval_config: EvalConfig,
+    model_dirs: dict[str, Path],
+    model: str | None = None,
 ) -> str:
     """The page ``--docs`` writes: protocol, the quality table, the ``--tune`` table."""
-    parts = [PROTOCOL.format(windows=eval_config.windows, seq=eval_config.seq), _table(results)]
+    name = "the default model" if model is None else model
+    protocol = PROTOCOL.format(windows=eval_config.windows, seq=eval_config.seq, model=name)
+    bos = results[0].get("bos")
+    if bos is not None:
+        protocol += f" BOS before every window: {'yes' if bos else 'no'} (as the tokenizer adds)."
+    parts = [protocol, _table(results)]
     tune = _tune_table(results, model_dirs)
     if tune:
         parts += ["## BiSup tuning (`--tune`)", tune]
     for name, (_, plot) in TUNED.items():
         if plot and name in model_dirs and (model_dirs[name] / "tune_loss.png").is_file():
-            parts.append(f"![tuning loss, {name}]({plot})")
+            parts.append(f"![tuning loss, {name}]({_plot_name(plot, model)})")
     return "\n\n".join(parts)
 
 
@@ -260,20 +282,25 @@ def write_docs(
     results: list[dict[str, Any]],
     eval_config: EvalConfig,
     model_dirs: dict[str, Path],
+    model: str | None = None,
 ) -> None:
     """Write the ``--docs`` page, and each tuned row's loss plot next to it."""
     for name, (_, plot) in TUNED.items():
         source = model_dirs[name] / "tune_loss.png" if name in model_dirs else None
         if plot and source and source.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, path.parent / plot)
-    write_doc(path, "Quality", command, docs_body(results, eval_config, model_dirs))
+            shutil.copyfile(source, path.parent / _plot_name(plot, model))
+    title = "Quality" if model is None else f"Quality: {model}"
+    write_doc(path, title, command, docs_body(results, eval_config, model_dirs, model))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", type=Path, default=Path("out/bench_quality"))
-    parser.add_argument("--onnx", type=Path, help="reuse an export of the default model")
+    parser.add_argument(
+        "--model", help="the model, as smoothrot --model names it (default: SmolLM2)"
+    )
+    parser.add_argument("--onnx", type=Path, help="reuse an export of that model")
     parser.add_argument("--only", action="append", default=[], help="rows whose name contains this")
     parser.add_argument("--windows", type=int, default=8)
     parser.add_argument(
@@ -290,12 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = [ROWS[0]] + [r for r in ROWS[1:] if not args.only or any(s in r.name for s in args.only)]
     eval_config = EvalConfig(windows=args.windows)
     model_dirs: dict[str, Path] = {}
-    results = run(args.output, args.onnx, rows, eval_config, args.cache, model_dirs)
+    results = run(args.output, args.onnx, rows, eval_config, args.cache, model_dirs, args.model)
     table = _table(results)
     (args.output / "results.md").write_text(table + "\n")
     if args.docs is not None:
         command = command_line("smoothrot.tools.bench_quality", argv)
-        write_docs(args.docs, command, results, eval_config, model_dirs)
+        write_docs(args.docs, command, results, eval_config, model_dirs, args.model)
     print(table)
     return 0
 

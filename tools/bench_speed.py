@@ -230,7 +230,11 @@ def _docs(args: argparse.Namespace, command: str, results: list[dict[str, Any]],
     """The ``--docs`` page: protocol, the tables of ``results.md``, every round, the plot."""
     path: Path = args.docs
     path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(args.output / "decode_speed.png", path.parent / "decode_speed.png")
+    # one plot per page: docs/speed.md's is decode_speed.png, docs/speed-gemma3.md's
+    # decode_speed-gemma3.png
+    suffix = path.stem.removeprefix("speed")
+    plot = f"decode_speed{suffix}.png"
+    shutil.copyfile(args.output / "decode_speed.png", path.parent / plot)
     protocol = PROTOCOL.format(
         prompt=args.prompt_tokens,
         new=args.new_tokens,
@@ -244,7 +248,7 @@ def _docs(args: argparse.Namespace, command: str, results: list[dict[str, Any]],
         if "decode_tokens_per_s_rounds" in r
     ]
     body = [protocol, text.strip(), "Decode tok/s of every round:", "\n".join(rounds)]
-    body.append("![decode speed](decode_speed.png)")
+    body.append(f"![decode speed]({plot})")
     write_doc(path, "Decode speed", command, "\n\n".join(body))
 
 

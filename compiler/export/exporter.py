@@ -25,7 +25,7 @@ import torch
 from smoothrot.compiler import __version__
 from smoothrot.compiler.config import ExportConfig
 from smoothrot.compiler.export.wrapper import FlatCacheDecoder, io_names
-from smoothrot.compiler.modeldir.model_dir import save_model, save_tokenizer
+from smoothrot.compiler.modeldir.model_dir import copy_licenses, save_model, save_tokenizer
 from smoothrot.compiler.modeldir.outdir import atomic_output_dir, check_output_dir
 from smoothrot.compiler.modeldir.sources import ModelSource, load_torch_model
 from smoothrot.core.errors import SmoothrotError
@@ -180,5 +180,6 @@ def export_model(source: ModelSource, out: Path, config: ExportConfig) -> Manife
     with atomic_output_dir(out, inputs=[source.path]) as tmp:
         save_model(model, tmp)
         save_tokenizer(tokenizer, tmp)  # tokenizer data only, never a source's code
+        copy_licenses(source.licenses, tmp)
         manifest.save(tmp)
     return manifest

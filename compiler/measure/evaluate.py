@@ -8,7 +8,7 @@ from typing import Any
 
 from smoothrot.compiler.config import EvalConfig
 from smoothrot.compiler.measure.corpus import CorpusPart, corpus_part, text_digest
-from smoothrot.compiler.measure.perplexity import perplexity
+from smoothrot.compiler.measure.perplexity import bos_prefix, perplexity
 from smoothrot.compiler.runtime.decoders import open_decoder
 from smoothrot.compiler.runtime.ort_runner import load_tokenizer
 from smoothrot.core.errors import SmoothrotError
@@ -73,12 +73,16 @@ def evaluate_dir(
     tokenizer = load_tokenizer(directory)
     ids = tokenizer.encode(text, add_special_tokens=False)
     prefix = system_prompt_ids(tokenizer) if c.system_prompt else []
+    bos = bos_prefix(tokenizer)
+    if bos and prefix[:1] != bos:  # a chat template may begin with BOS itself
+        prefix = bos + prefix
     result = perplexity(lambda x: decoder.forward(x)[0], ids, config, progress, prefix)
     return {
         **asdict(result),
         "text": label,
         "text_sha256_16": text_digest(text),
         "prefix_tokens": len(prefix),
+        "bos": bool(bos),
         "accuracy_level": c.accuracy_level,
         "backend": c.backend.value,
     }

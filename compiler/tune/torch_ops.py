@@ -160,6 +160,15 @@ def _max_min(ctx: OpContext, node: ir.Node, x: Inputs) -> torch.Tensor:
     return out
 
 
+@_op("Gelu")
+def _gelu(ctx: OpContext, node: ir.Node, x: Inputs) -> torch.Tensor:
+    """ONNX Gelu (opset 20): exact (erf) or ``approximate="tanh"`` (Gemma's gelu_pytorch_tanh)."""
+    approximate = node.attributes.get_string("approximate", "none")
+    if approximate not in ("none", "tanh"):
+        raise NotImplementedError(f"Gelu with approximate={approximate!r} (node {node.name!r})")
+    return torch.nn.functional.gelu(_need(x, 0), approximate=approximate)
+
+
 OPS["Where"] = lambda ctx, node, x: torch.where(_need(x, 0).bool(), _need(x, 1), _need(x, 2))
 OPS["Clip"] = lambda ctx, node, x: torch.clamp(_need(x, 0), _arg(x, 1), _arg(x, 2))
 OPS["Round"] = lambda ctx, node, x: _round_half_even(_need(x, 0), ctx)

@@ -11,7 +11,14 @@ from smoothrot.compiler.modeldir.sources import load_torch_model, resolve_source
 from smoothrot.compiler.runtime.ort_runner import OrtDecoder
 from smoothrot.core.errors import SmoothrotError
 from smoothrot.core.manifest import MANIFEST_NAME, load_manifest
-from tests.conftest import TINY_ARCHITECTURES
+from tests.conftest import TINY_ARCHITECTURES, _tiny_config
+
+
+def _kv_shape(arch: str) -> tuple[int, int]:
+    """(KV heads, head_dim) of the tiny model of ``arch``."""
+    c = _tiny_config(arch)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    return c.num_key_value_heads, head_dim
 
 
 def _torch_logits(model, ids: np.ndarray) -> np.ndarray:
@@ -35,15 +42,17 @@ def test_onnx_matches_torch_with_and_without_cache(tiny_model_dir, tiny_export, 
         logits, past = decoder.forward(ids[:, t : t + 1], past)
         steps.append(logits)
     np.testing.assert_allclose(np.concatenate(steps, axis=1), ref, atol=1e-4, rtol=0)
-    assert past[0].shape == (2, 2, 12, 16)
+    assert past[0].shape == (2, _kv_shape(arch)[0], 12, _kv_shape(arch)[1])
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
 def test_manifest_and_weight_names(tiny_export, arch):
     out = tiny_export(arch)
     manifest = load_manifest(out)
-    assert manifest.architecture == arch and manifest.opset >= 21
-    assert (manifest.dims.layers, manifest.dims.kv_heads, manifest.dims.head_dim) == (2, 2, 16)
+    assert manifest.architecture == _tiny_config(arch).model_type and manifest.opset >= 21
+    assert (manifest.dims.layers, manifest.dims.kv_heads, manifest.dims.head_dim) == (
+        2, *_kv_shape(arch)
+    )  # fmt: skip
     assert manifest.inputs[:3] == ["input_ids", "attention_mask", "position_ids"]
     assert manifest.outputs[0] == "logits" and len(manifest.outputs) == 1 + 2 * 2
     # 7 Linear layers per block + lm_head, each a MatMul weight of shape [K_in, N_out].

@@ -96,8 +96,9 @@ _OPS = {
 }
 
 
-def test_fp32_graph_logits_match_onnx_runtime(tiny_export):
-    check_torch_logits_match_ort(tiny_export("llama"), 2, 16)  # measured: 4e-7 of max |logits|
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_fp32_graph_logits_match_onnx_runtime(tiny_export, arch):
+    check_torch_logits_match_ort(tiny_export(arch), 2, 16)  # measured: 4e-7 of max |logits|
 
 
 def test_w4a4_graph_logits_match_onnx_runtime(tiny_w4a4):
@@ -192,6 +193,22 @@ def test_edge_cases_match_onnx_runtime(case):
     ours = TorchGraph(model).run(env)[model.graph.outputs[0].name or ""]
     assert ours.dtype == torch.from_numpy(ref).dtype
     np.testing.assert_array_equal(ours.numpy(), ref)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_matches_onnx_runtime(approximate):
+    """Both GeLU forms (Gemma's GeGLU is the tanh one), to fp32 rounding: the two libraries
+    evaluate tanh / erf differently."""
+    model = _one_node_model(
+        f'g (float[7] x) => (float[7] y) {{ y = Gelu <approximate = "{approximate}"> (x) }}'
+    )
+    x = np.array([-6.0, -3.0, -0.5, 0.0, 0.7, 4.0, 9.5], np.float32)
+    proto = ir.serde.serialize_model(model)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    (ref,) = session.run(None, {"x": x})
+    ours = TorchGraph(model).run({"x": torch.from_numpy(x)})["y"].numpy()
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(ours, np.maximum(x, 0), atol=1e-3)  # not a ReLU: the curve is there
 
 
 def test_a_block_reading_another_blocks_value_is_refused(tiny_export):
