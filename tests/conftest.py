@@ -16,7 +16,7 @@ from smoothrot.compiler.export.exporter import export_model
 from smoothrot.compiler.modeldir.sources import load_torch_model, resolve_source
 from smoothrot.core.manifest import MANIFEST_NAME
 
-TINY_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
+TINY_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3", "phi3")
 
 
 @pytest.fixture(scope="session")
@@ -30,19 +30,32 @@ def default_torch(default_source):
     return load_torch_model(default_source)
 
 
-@pytest.fixture(scope="session")
-def default_export(tmp_path_factory, default_source) -> Path:
-    """The default model exported to ONNX (fp32), shared by the whole test session."""
+def export_once(tmp_path_factory, source, name: str) -> Path:
+    """``source`` exported to ONNX (fp32) as ``name``, in ``$SMOOTHROT_TEST_CACHE`` if set
+    (kept between runs) or in this session's temporary folder."""
     cache = os.environ.get("SMOOTHROT_TEST_CACHE")
-    root = Path(cache) if cache else tmp_path_factory.mktemp("default")
-    out = root / "smollm2-fp32"
+    root = Path(cache) if cache else tmp_path_factory.mktemp(name)
+    out = root / name
     if not (out / MANIFEST_NAME).is_file():
-        export_model(default_source, out, ExportConfig())
+        export_model(source, out, ExportConfig())
     return out
 
 
+@pytest.fixture(scope="session")
+def default_export(tmp_path_factory, default_source) -> Path:
+    """The default model exported to ONNX (fp32), shared by the whole test session."""
+    return export_once(tmp_path_factory, default_source, "smollm2-fp32")
+
+
 def _tiny_config(arch: str, layers: int = 2):
-    from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+    from transformers import (
+        Gemma3TextConfig,
+        LlamaConfig,
+        MistralConfig,
+        Phi3Config,
+        Qwen2Config,
+        Qwen3Config,
+    )
 
     common = dict(
         hidden_size=64,
@@ -70,6 +83,8 @@ def _tiny_config(arch: str, layers: int = 2):
             **{**common, "num_key_value_heads": 1}, head_dim=32, query_pre_attn_scalar=32,
             sliding_window=16, layer_types=kinds[:layers],
         )  # fmt: skip
+    if arch == "phi3":  # fused qkv_proj and gate_up_proj, split by the export
+        return Phi3Config(**common, sliding_window=256, pad_token_id=0)
     raise ValueError(arch)
 
 

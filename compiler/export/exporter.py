@@ -24,6 +24,7 @@ import torch
 
 from smoothrot.compiler import __version__
 from smoothrot.compiler.config import ExportConfig
+from smoothrot.compiler.export.unfuse import unfuse_projections
 from smoothrot.compiler.export.wrapper import FlatCacheDecoder, io_names
 from smoothrot.compiler.modeldir.model_dir import copy_licenses, save_model, save_tokenizer
 from smoothrot.compiler.modeldir.outdir import atomic_output_dir, check_output_dir
@@ -155,6 +156,7 @@ def export_model(source: ModelSource, out: Path, config: ExportConfig) -> Manife
     check_output_dir(out, inputs=[source.path])
     t0 = time.perf_counter()
     hf_model, tokenizer = load_torch_model(source, config.dtype.torch, config.allow_pickle)
+    hf_model = unfuse_projections(hf_model)  # Phi-3: q/k/v and gate/up as their own MatMuls
     dims = model_dims(hf_model.config)
     inputs, outputs = io_names(dims.layers)
     log.info(

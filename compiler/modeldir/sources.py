@@ -42,7 +42,7 @@ __all__ = [
 
 # model_type of a Hugging Face config, general.architecture of a GGUF (Gemma 3's text model is
 # "gemma3_text" in a config, "gemma3" in a GGUF)
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3", "gemma3_text")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3", "gemma3_text", "phi3")
 DEFAULT_MODEL_PACKAGE = DEFAULT_PACKAGED.chunks[0][0]
 DEFAULT_MODEL_FILE = DEFAULT_PACKAGED.file_name
 

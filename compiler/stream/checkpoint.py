@@ -55,6 +55,11 @@ def why_not_streamed(architecture: str) -> str | None:
             "attention with their own RoPE, so one traced layer cannot stand for all, and its "
             "norms are traced as 1 + γ"
         )
+    if architecture == "phi3":
+        return (
+            "streaming Phi-3 is not implemented: its checkpoint fuses qkv_proj and gate_up_proj, "
+            "which the export splits and the layer-by-layer reader does not"
+        )
     return f"streaming {architecture} is not implemented"
 
 

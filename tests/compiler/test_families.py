@@ -1,6 +1,7 @@
 """Every recipe and every target on the model families beyond Llama, on their tiny random twins:
-Qwen3 (per-head q/k norms) and Gemma 3 (post-norms, (1 + γ) norms, q/k norms, GeGLU, scaled
-embeddings, one KV head, sliding and global layers). Exact recipes keep the logits; quantized
+Qwen3 (per-head q/k norms), Gemma 3 (post-norms, (1 + γ) norms, q/k norms, GeGLU, scaled
+embeddings, one KV head, sliding and global layers) and Phi-3 (fused qkv_proj / gate_up_proj,
+split by the export). Exact recipes keep the logits; quantized
 ones run, lower at accuracy level 0 exactly (up to activation-rounding flips where activations
 are quantized) and build a TensorRT-RTX engine."""
 
@@ -26,7 +27,7 @@ from smoothrot.core.tensorrt import ENGINE_FILE, TrtBackend
 from smoothrot.passes.quantize_weights import Algorithm, WeightQuantConfig
 from tests.helpers import SMALL_ENGINE
 
-FAMILIES = ("qwen3", "gemma3")
+FAMILIES = ("qwen3", "gemma3", "phi3")
 
 
 def _compile(export, out, recipe: Recipe) -> dict:

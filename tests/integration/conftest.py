@@ -1,15 +1,12 @@
 """End-to-end tests on the real models (SmolLM2-135M-Instruct, the default; Gemma 3 270M): all
 marked ``slow``. ``SMOOTHROT_TEST_CACHE=/some/dir`` keeps their exports between runs."""
 
-import os
 from pathlib import Path
 
 import pytest
 
-from smoothrot.compiler.config import ExportConfig
-from smoothrot.compiler.export.exporter import export_model
 from smoothrot.compiler.modeldir.sources import load_torch_model, resolve_source
-from smoothrot.core.manifest import MANIFEST_NAME
+from tests.conftest import export_once
 
 GEMMA3 = "gemma3-270m"
 
@@ -28,12 +25,7 @@ def gemma_source():
 @pytest.fixture(scope="session")
 def gemma_export(tmp_path_factory, gemma_source) -> Path:
     """Gemma 3 270M (the packaged GGUF) exported to ONNX (fp32), once per session."""
-    cache = os.environ.get("SMOOTHROT_TEST_CACHE")
-    root = Path(cache) if cache else tmp_path_factory.mktemp("gemma3")
-    out = root / "gemma3-270m-fp32"
-    if not (out / MANIFEST_NAME).is_file():
-        export_model(gemma_source, out, ExportConfig())
-    return out
+    return export_once(tmp_path_factory, gemma_source, "gemma3-270m-fp32")
 
 
 @pytest.fixture(scope="session")
