@@ -81,12 +81,13 @@ def test_a_blocked_residual_rotation_is_reported(tiny_export, tmp_path, arch):
         assert "notes" not in report and "Note:" not in text
 
 
-def test_gemma_is_compiled_whole_and_refuses_streaming(tiny_model_dir, tmp_path):
-    model = str(tiny_model_dir("gemma3"))
+@pytest.mark.parametrize(("arch", "name"), [("gemma3", "Gemma 3"), ("phi3", "Phi-3")])
+def test_compiled_whole_where_streaming_is_refused(tiny_model_dir, tmp_path, arch, name):
+    model = str(tiny_model_dir(arch))
     config = CompileConfig(Recipe.FP_ROTATE, calibration_tokens=512, evaluate=False)
     report = compile_model(tmp_path / "auto", config, model=model)
     assert "stream" not in report and report["stages"][0]["stage"] == "export"
-    with pytest.raises(SmoothrotError, match="--stream on: streaming Gemma 3 is not implemented"):
+    with pytest.raises(SmoothrotError, match=f"--stream on: streaming {name} is not implemented"):
         compile_model(tmp_path / "on", CompileConfig(Recipe.FP_ROTATE, stream=StreamMode.ON),
                       model=model)  # fmt: skip
 
