@@ -3,7 +3,6 @@ variants whose attention Mistral would compute differently are refused by name."
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM
 
 from smoothrot.compiler.export.unfuse import unfuse_projections
 from smoothrot.core.errors import SmoothrotError
@@ -19,7 +18,11 @@ SHAPE = dict(
 )
 
 
-def _phi3(**extra) -> Phi3ForCausalLM:
+def _phi3(**extra):
+    # transformers' model classes are imported inside tests: importing them may import Triton,
+    # which tests/plugins/conftest.py must be first to import
+    from transformers import Phi3Config, Phi3ForCausalLM
+
     torch.manual_seed(0)
     return Phi3ForCausalLM(Phi3Config(**SHAPE, **extra)).eval()
 
@@ -40,6 +43,8 @@ def test_split_model_computes_the_same_logits(tied):
 
 
 def test_other_models_pass_through_unchanged():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     llama = LlamaForCausalLM(LlamaConfig(**SHAPE))
     assert unfuse_projections(llama) is llama
 
