@@ -8,9 +8,9 @@ o_proj input and the down_proj input. An input already produced by one of our ro
 left alone, so the pass is idempotent. Each inserted node carries the metadata
 ``smoothrot.rotation = online`` and the rotation's factor sizes.
 
-With ``residual_fallback``, where the fused residual rotation was blocked (the model is marked
-``r2``, see ``residual_rotation.py``), the inputs it would have rotated (q/k/v and gate/up) are
-rotated online as well, so a post-norm model gets the same incoherence at those inputs.
+With ``residual_fallback``, where the fused residual rotation was blocked (the model's mark
+has no ``r1``, see ``residual_rotation.py``), the inputs it would have rotated (q/k/v and
+gate/up) are rotated online as well, so a post-norm model gets the same incoherence there.
 """
 
 from __future__ import annotations
@@ -91,8 +91,9 @@ class OnlineRotationPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> PassReport:
         mm = build_model_map(model, self.dims).require(fp_weights=True)
         graph, rotated, sites = model.graph, [], self.sites
-        if self.residual_fallback and model.metadata_props.get(RESIDUAL_ROTATION_MARK) == "r2":
-            sites = sites | {Site.QKV, Site.GATE_UP}
+        residual = model.metadata_props.get(RESIDUAL_ROTATION_MARK)
+        if self.residual_fallback and residual is not None and "r1" not in residual:
+            sites = sites | {Site.QKV, Site.GATE_UP}  # R1 was blocked, with or without R2
         for site, tag, linears in mm.site_groups():
             if site in sites and _rotate_input(graph, linears, tag, self.seed):
                 rotated.append(tag)

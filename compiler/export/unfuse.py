@@ -38,18 +38,25 @@ def _rope_parameters(config: Any) -> dict[str, Any]:
     return {"rope_type": "default", "rope_theta": theta}
 
 
+def _heads(config: Any) -> tuple[int, int, int]:
+    """(query heads, K/V heads, head_dim) of ``config``."""
+    heads = config.num_attention_heads
+    kv = config.num_key_value_heads or heads
+    return heads, kv, getattr(config, "head_dim", None) or config.hidden_size // heads
+
+
 def _mistral_config(config: Any) -> Any:
     from transformers import MistralConfig
 
-    heads = config.num_attention_heads
+    heads, kv, head_dim = _heads(config)
     return MistralConfig(
         vocab_size=config.vocab_size,
         hidden_size=config.hidden_size,
         intermediate_size=config.intermediate_size,
         num_hidden_layers=config.num_hidden_layers,
         num_attention_heads=heads,
-        num_key_value_heads=config.num_key_value_heads or heads,
-        head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+        num_key_value_heads=kv,
+        head_dim=head_dim,
         hidden_act=config.hidden_act,
         max_position_embeddings=config.max_position_embeddings,
         rms_norm_eps=config.rms_norm_eps,
@@ -65,8 +72,7 @@ def _mistral_config(config: Any) -> Any:
 
 def _split_state(model: torch.nn.Module, config: Any) -> dict[str, torch.Tensor]:
     """Phi-3's parameters under Mistral's names, fused weights split along their outputs."""
-    heads, kv = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    heads, kv, head_dim = _heads(config)
     q_rows, kv_rows = heads * head_dim, kv * head_dim
     state: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
